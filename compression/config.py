@@ -1,0 +1,158 @@
+"""Plain-dataclass configuration of the two compression stages and of generation.
+
+`CompressionConfig` is the outer, query-independent stage (done once per video at indexing time);
+its `stable_hash()` keys every cached token set, so a cache entry is never reused across settings.
+`MergeConfig` is the inner, query-dependent stage (per question, inside the LLM).
+Defaults are the paper's (METHOD.md section 7).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+OuterMethod = Literal["ours", "ours_no_cluster", "uniform", "random", "visionzip", "full"]
+InnerMethod = Literal["text_aware", "fastv", "none"]
+
+OUTER_METHODS: tuple[str, ...] = (
+    "ours",
+    "ours_no_cluster",
+    "uniform",
+    "random",
+    "visionzip",
+    "full",
+)
+INNER_METHODS: tuple[str, ...] = ("text_aware", "fastv", "none")
+
+
+def _check_ratio(name: str, value: float, *, allow_zero: bool = False) -> None:
+    low_ok = value >= 0.0 if allow_zero else value > 0.0
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and low_ok and value <= 1.0):
+        bound = "[0, 1]" if allow_zero else "(0, 1]"
+        raise ValueError(f"{name} must be a finite number in {bound}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    """Settings of the outer stage: global retention pool + DPC-KNN cluster refill.
+
+    retention_ratio: r, the share of the video's tokens that enter the LLM (M = max(1, round(r N))).
+    tau: a candidate joins the pool only if its max cosine similarity to the pool is below tau.
+    cluster_ratio: c, share of the budget M given to cluster tokens (M_c = round(c M)).
+    knn_k: k of the DPC-KNN local density (not given by the paper; 7, self not counted).
+    method: which outer method builds the token set ("ours" is the paper's; the others are the
+        baselines compared against it on the same tokens; "full" keeps every token).
+    seed: only used by the "random" baseline.
+    visionzip_dominant_ratio: VisionZip-style baseline: share of each frame's budget spent on
+        dominant (highest-score) tokens; the rest are contextual merged tokens.
+    """
+
+    retention_ratio: float = 0.02
+    tau: float = 0.7
+    cluster_ratio: float = 0.3
+    knn_k: int = 7
+    method: OuterMethod = "ours"
+    seed: int = 0
+    visionzip_dominant_ratio: float = 0.8
+
+    def __post_init__(self) -> None:
+        if self.method not in OUTER_METHODS:
+            raise ValueError(f"unknown compression method {self.method!r}; one of {OUTER_METHODS}")
+        _check_ratio("retention_ratio", self.retention_ratio)
+        if not (isinstance(self.tau, (int, float)) and math.isfinite(self.tau)):
+            raise ValueError(f"tau must be a finite number, got {self.tau!r}")
+        if not -1.0 <= self.tau <= 1.0:
+            raise ValueError(f"tau is a cosine-similarity threshold in [-1, 1], got {self.tau!r}")
+        _check_ratio("cluster_ratio", self.cluster_ratio, allow_zero=True)
+        _check_ratio("visionzip_dominant_ratio", self.visionzip_dominant_ratio, allow_zero=True)
+        if not isinstance(self.knn_k, int) or self.knn_k < 1:
+            raise ValueError(f"knn_k must be a positive integer, got {self.knn_k!r}")
+        if not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CompressionConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown CompressionConfig fields: {sorted(unknown)}")
+        return cls(**data)
+
+    def stable_hash(self) -> str:
+        """A hash that is the same for equal settings on every machine and Python version."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+    def budget(self, n_tokens: int) -> int:
+        """M = max(1, round(r * N)), never more than N (METHOD.md section 2)."""
+        if n_tokens <= 0:
+            raise ValueError(f"a video needs at least one token, got {n_tokens}")
+        return min(n_tokens, max(1, round(self.retention_ratio * n_tokens)))
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    """Settings of the inner, query-dependent stage inside the LLM (METHOD.md section 5).
+
+    method: "text_aware" (the paper's), "fastv" (last text token's attention at K, the baseline),
+        or "none" (vanilla: every layer sees every visual token).
+    layer: K; layers 0..K-1 see all visual tokens, layers K..L-1 the merged set.
+    keep_ratio: R; ceil(R * |V|) visual tokens are kept at layer K.
+    lam: lambda, the weight of the text-visual similarity against the attention term.
+    """
+
+    method: InnerMethod = "text_aware"
+    layer: int = 18
+    keep_ratio: float = 0.5
+    lam: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.method not in INNER_METHODS:
+            raise ValueError(f"unknown merge method {self.method!r}; one of {INNER_METHODS}")
+        if not isinstance(self.layer, int) or self.layer < 0:
+            raise ValueError(f"layer K must be a non-negative integer, got {self.layer!r}")
+        _check_ratio("keep_ratio", self.keep_ratio)
+        _check_ratio("lam", self.lam, allow_zero=True)
+
+    @property
+    def active(self) -> bool:
+        return self.method != "none"
+
+    def kept_count(self, n_visual: int) -> int:
+        """ceil(R * |V|), at least 1 when there is any visual token."""
+        if n_visual <= 0:
+            return 0
+        return max(1, min(n_visual, math.ceil(self.keep_ratio * n_visual - 1e-9)))
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Decoding settings: greedy when temperature == 0, else sampling (seeded per request)."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or not 1 <= self.max_new_tokens <= 4096:
+            raise ValueError(f"max_new_tokens must be in [1, 4096], got {self.max_new_tokens!r}")
+        if not (math.isfinite(self.temperature) and 0.0 <= self.temperature <= 5.0):
+            raise ValueError(f"temperature must be in [0, 5], got {self.temperature!r}")
+        if not (math.isfinite(self.top_p) and 0.0 < self.top_p <= 1.0):
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be a non-negative integer, got {self.top_k!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0

@@ -1,0 +1,3 @@
+from tokenreel.cli import main
+
+raise SystemExit(main())
