@@ -96,6 +96,15 @@ class CompressionConfig:
             raise ValueError(f"a video needs at least one token, got {n_tokens}")
         return min(n_tokens, max(1, round(self.retention_ratio * n_tokens)))
 
+    def split_budget(self, n_tokens: int) -> tuple[int, int]:
+        """(M_s, M_c): selected-pool capacity and cluster count, M_c = round(c * M), M_s = M - M_c.
+
+        Python's round (half to even), like `budget`.
+        """
+        total = self.budget(n_tokens)
+        clusters = round(self.cluster_ratio * total)
+        return total - clusters, clusters
+
 
 @dataclass(frozen=True)
 class MergeConfig:

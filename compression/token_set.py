@@ -125,7 +125,8 @@ class TokenSet:
                     f"{name} must be {dtype} of shape {shape}, "
                     f"got {tensor.dtype} of shape {tuple(tensor.shape)}"
                 )
-        if m and (self.index.min() < 0 or (self.index >= torch.tensor(self.grid)).any()):
+        upper = torch.tensor(self.grid, device=self.index.device)
+        if m and (self.index.min() < 0 or (self.index >= upper).any()):
             raise ValueError("index has entries outside the grid")
         if m and (self.size < 1).any():
             raise ValueError("every token stands for at least one original token")
