@@ -1,0 +1,199 @@
+"""Outer-stage baselines, on the same tokens and the same budget M as the paper's method.
+
+Each takes a validated `VideoTokens`, the config and the budget M, and returns `KeptTokens`
+(`compression.compress` dispatches here on `config.method`). The rules, where the baselines'
+own papers leave room:
+
+* "full": every token, kind SELECTED, size 1.
+* "random": M tokens drawn uniformly without replacement (CPU generator seeded with
+  `config.seed`, so the pick is the same on every device), kind SELECTED, size 1, the rest dropped.
+* "uniform": the budget is split over frames as evenly as possible (`frame_budgets`); frame t's
+  H x W grid is tiled into b_t rectangles (`region_labels`) and each rectangle average-pooled into
+  one token, kind CLUSTER, size = its cell count, placed at its central cell.
+* "visionzip" (VisionZip-style, per frame, same per-frame split): round(visionzip_dominant_ratio *
+  b_t) dominant tokens = the frame's highest scores (kind SELECTED); the b_t - n_dom contextual
+  tokens: VisionZip's uniformly spaced targets among the remaining tokens (every
+  (remaining // n_ctx)-th one), every other remaining token joins the target of highest cosine
+  similarity, and a contextual token is the mean of its target and members (kind CLUSTER; a
+  size-weighted mean of size-1 tokens is the plain mean; VisionZip itself adds the target to
+  the members' mean, which doubles the token's scale; we keep tokens on the scale of the
+  originals). VisionZip ranks by the encoder's CLS attention; we use the same contribution
+  scores as the paper's method.
+* "ours_no_cluster": the retention pool with capacity M (no cluster refill); if candidates run
+  out first, the highest-contribution recycled tokens fill the budget; kind SELECTED, size 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from compression.config import CompressionConfig
+from compression.kept_tokens import KeptTokens, VideoTokens, mean_by_group
+from compression.retention_pool import contribution_order, retention_pool, unit_rows
+from compression.token_set import TokenKind
+
+
+def full(video: VideoTokens) -> KeptTokens:
+    rows = torch.arange(video.count, device=video.tokens.device)
+    return _picked(video, rows)
+
+
+def random_pick(video: VideoTokens, budget: int, seed: int) -> KeptTokens:
+    generator = torch.Generator().manual_seed(seed)
+    rows = torch.randperm(video.count, generator=generator)[:budget]
+    return _picked(video, torch.sort(rows).values.to(video.tokens.device))
+
+
+def retention_pool_only(video: VideoTokens, budget: int, tau: float) -> KeptTokens:
+    pool = retention_pool(video.tokens, video.scores, budget, tau)
+    if pool.numel() < budget:
+        in_pool = torch.zeros(video.count, dtype=torch.bool, device=pool.device)
+        in_pool[pool] = True
+        order = contribution_order(video.scores)
+        rest = order[~in_pool[order]][: budget - pool.numel()]
+        pool = torch.cat([pool, rest])
+    return _picked(video, pool)
+
+
+def uniform_pooling(video: VideoTokens, budget: int) -> KeptTokens:
+    frames, height, width = video.grid
+    per_frame = height * width
+    labels = torch.empty(video.count, dtype=torch.long)
+    centres: list[torch.Tensor] = []
+    offset = 0
+    for t, regions in enumerate(frame_budgets(budget, frames)):
+        frame_rows = slice(t * per_frame, (t + 1) * per_frame)
+        if regions == 0:
+            labels[frame_rows] = -1
+            continue
+        frame_labels, frame_centres = region_labels(height, width, regions)
+        labels[frame_rows] = frame_labels + offset
+        centres.append(frame_centres + t * per_frame)
+        offset += regions
+    labels = labels.to(video.tokens.device)
+    kept = labels >= 0
+    means, sizes = mean_by_group(video.tokens[kept], labels[kept], offset)
+    return KeptTokens(
+        origin=torch.cat(centres).to(video.tokens.device),
+        values=means,
+        kind=torch.full_like(sizes, TokenKind.CLUSTER),
+        size=sizes,
+        assignment=labels,
+    )
+
+
+def visionzip(video: VideoTokens, budget: int, dominant_ratio: float) -> KeptTokens:
+    frames, height, width = video.grid
+    per_frame = height * width
+    device = video.tokens.device
+    assignment = torch.full((video.count,), -1, dtype=torch.long, device=device)
+    origin, values, kind, size = [], [], [], []
+    for t, frame_budget in enumerate(frame_budgets(budget, frames)):
+        if frame_budget == 0:
+            continue
+        first = t * per_frame
+        rows = torch.arange(first, first + per_frame, device=device)
+        n_dominant = min(frame_budget, round(dominant_ratio * frame_budget))
+        n_context = frame_budget - n_dominant
+        by_score = contribution_order(video.scores[rows])
+        dominant = torch.sort(by_score[:n_dominant]).values + first
+        remaining = torch.sort(by_score[n_dominant:]).values + first
+        base = sum(o.numel() for o in origin)
+        assignment[dominant] = torch.arange(base, base + n_dominant, device=device)
+        origin.append(dominant)
+        values.append(video.tokens[dominant])
+        kind.append(torch.full((n_dominant,), int(TokenKind.SELECTED), device=device))
+        size.append(torch.ones(n_dominant, dtype=torch.long, device=device))
+        if n_context == 0:
+            continue
+        step = max(1, remaining.numel() // n_context)
+        targets = remaining[::step][:n_context]
+        unit = unit_rows(video.tokens[remaining])
+        nearest = (unit @ unit_rows(video.tokens[targets]).T).argmax(dim=1)
+        nearest[torch.searchsorted(remaining, targets)] = torch.arange(n_context, device=device)
+        means, sizes = mean_by_group(video.tokens[remaining], nearest, n_context)
+        assignment[remaining] = nearest + base + n_dominant
+        origin.append(targets)
+        values.append(means)
+        kind.append(torch.full((n_context,), int(TokenKind.CLUSTER), device=device))
+        size.append(sizes)
+    return KeptTokens(
+        origin=torch.cat(origin),
+        values=torch.cat(values),
+        kind=torch.cat(kind),
+        size=torch.cat(size),
+        assignment=assignment,
+    )
+
+
+def run_baseline(video: VideoTokens, config: CompressionConfig) -> KeptTokens:
+    """The kept tokens of the baseline `config.method` (any method but "ours")."""
+    budget = config.budget(video.count)
+    if config.method == "full":
+        return full(video)
+    if config.method == "random":
+        return random_pick(video, budget, config.seed)
+    if config.method == "ours_no_cluster":
+        return retention_pool_only(video, budget, config.tau)
+    if config.method == "uniform":
+        return uniform_pooling(video, budget)
+    if config.method == "visionzip":
+        return visionzip(video, budget, config.visionzip_dominant_ratio)
+    raise ValueError(f"{config.method!r} is not a baseline")
+
+
+def frame_budgets(total: int, frames: int) -> list[int]:
+    """Split `total` over `frames` as evenly as possible: every frame gets total // frames, and
+    the total % frames extra tokens go to frames spread evenly over time (floor((j + 1/2) F / e)).
+    """
+    base, extra = divmod(total, frames)
+    budgets = [base] * frames
+    for j in range(extra):
+        budgets[math.floor((j + 0.5) * frames / extra)] += 1
+    return budgets
+
+
+def region_labels(height: int, width: int, regions: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tile an H x W grid into `regions` rectangles: (region of every cell, raster; central cell
+    of every region). Rows are cut into g horizontal bands (g ~ sqrt(regions * H / W), so the
+    rectangles are about square, and at least ceil(regions / W) so a band never needs more
+    columns than W), band i is cut into an even share of the regions, every cut as even as
+    possible (boundaries floor(j * L / parts)).
+    """
+    if not 1 <= regions <= height * width:
+        raise ValueError(f"cannot tile a {height}x{width} grid into {regions} regions")
+    bands = round(math.sqrt(regions * height / width))
+    bands = max(math.ceil(regions / width), min(height, regions, bands), 1)
+    labels = torch.empty(height, width, dtype=torch.long)
+    centres: list[int] = []
+    label = 0
+    for i in range(bands):
+        top, bottom = _cut(height, bands, i)
+        band_regions = _cut(regions, bands, i)
+        columns = band_regions[1] - band_regions[0]
+        for j in range(columns):
+            left, right = _cut(width, columns, j)
+            labels[top:bottom, left:right] = label
+            centres.append((top + (bottom - top - 1) // 2) * width + left + (right - left - 1) // 2)
+            label += 1
+    return labels.flatten(), torch.tensor(centres, dtype=torch.long)
+
+
+def _cut(length: int, parts: int, i: int) -> tuple[int, int]:
+    """Bounds of part i when `length` is cut into `parts` near-equal parts."""
+    return (i * length) // parts, ((i + 1) * length) // parts
+
+
+def _picked(video: VideoTokens, rows: torch.Tensor) -> KeptTokens:
+    """Kept tokens that are original tokens themselves (kind SELECTED, size 1; others dropped)."""
+    assignment = torch.full((video.count,), -1, dtype=torch.long, device=rows.device)
+    assignment[rows] = torch.arange(rows.numel(), device=rows.device)
+    return KeptTokens(
+        origin=rows,
+        values=video.tokens[rows],
+        kind=torch.full_like(rows, int(TokenKind.SELECTED)),
+        size=torch.ones_like(rows),
+        assignment=assignment,
+    )
