@@ -1,0 +1,243 @@
+"""Request and response bodies of the HTTP API, with the limits every request is held to.
+
+Requests forbid unknown fields on tokenreel's own endpoints (a typo such as `max_new_token` is a
+422, not a silently ignored setting); the OpenAI-compatible request ignores the OpenAI fields it
+does not use, as OpenAI clients send several of them by default.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from compression.config import INNER_METHODS, GenerationConfig, MergeConfig
+
+MAX_QUESTION_CHARS = 4000
+MAX_SYSTEM_CHARS = 4000
+MAX_NEW_TOKENS = 1024
+MAX_STOP_SEQUENCES = 4
+MAX_STOP_CHARS = 64
+MAX_MESSAGES = 16
+MAX_TOP_K = 1000
+MAX_LIST_LIMIT = 500
+DEFAULT_MAX_NEW_TOKENS = 64
+
+InnerMethodName = Literal["text_aware", "fastv", "none"]
+assert set(InnerMethodName.__args__) == set(INNER_METHODS)  # keep in step with compression
+
+StopSequence = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+
+
+def _not_blank(value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class MergeSettings(_Strict):
+    """Text-aware merging at decoder layer K (METHOD.md section 5); paper defaults.
+
+    layer: K. Left out, it is the paper's 18, lowered to the model's last layer for a model with
+    fewer layers (decision; an explicit K outside [0, layers - 1] is a 422).
+    """
+
+    method: InnerMethodName = "text_aware"
+    layer: int | None = Field(default=None, ge=0, le=1024)
+    keep_ratio: float = Field(default=0.5, gt=0.0, le=1.0)
+    lam: float = Field(default=0.5, ge=0.0, le=1.0)
+
+    def to_config(self, num_layers: int) -> MergeConfig:
+        default = MergeConfig()
+        if self.layer is None:
+            layer = min(default.layer, num_layers - 1)
+        elif self.layer >= num_layers:
+            raise ValueError(
+                f"merge.layer must be in [0, {num_layers - 1}] for this model "
+                f"({num_layers} decoder layers), got {self.layer}"
+            )
+        else:
+            layer = self.layer
+        return MergeConfig(
+            method=self.method, layer=layer, keep_ratio=self.keep_ratio, lam=self.lam
+        )
+
+
+class _GenerationFields(BaseModel):
+    """Decoding settings shared by the ask endpoint (greedy by default: reproducible answers)."""
+
+    max_new_tokens: int = Field(default=DEFAULT_MAX_NEW_TOKENS, ge=1, le=MAX_NEW_TOKENS)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0, le=MAX_TOP_K)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    stop: list[StopSequence] = Field(default_factory=list, max_length=MAX_STOP_SEQUENCES)
+
+
+class AskRequest(_Strict, _GenerationFields):
+    question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
+    system: str | None = Field(default=None, min_length=1, max_length=MAX_SYSTEM_CHARS)
+    merge: MergeSettings = Field(default_factory=MergeSettings)
+
+    _question_not_blank = field_validator("question", "system")(_not_blank)
+
+    def generation_config(self) -> GenerationConfig:
+        return GenerationConfig(
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            seed=self.seed,
+            stop=tuple(self.stop),
+        )
+
+
+class TokenCounts(BaseModel):
+    original_visual: int = Field(description="tokens of the whole video before compression (N)")
+    visual_in: int = Field(description="visual tokens that entered the LLM (the token set)")
+    visual_after_merge: int = Field(description="visual tokens left after the merge at layer K")
+    prompt: int = Field(description="prompt length in tokens, visual tokens included")
+    completion: int = Field(description="generated tokens")
+
+
+class FlopsFigures(BaseModel):
+    """LLM FLOPs (Eq. S3) of this answer relative to the same question over all the video's
+    original tokens with no merge; both figures assume the paper's 100 generated tokens."""
+
+    ratio_visual_only: float = Field(description="paper convention: n_i counts visual tokens only")
+    ratio_with_text: float = Field(description="n_i counts visual and text tokens")
+    flops_visual_only: float
+    flops_with_text: float
+    baseline_flops_visual_only: float
+    baseline_flops_with_text: float
+
+
+class Timings(BaseModel):
+    queue_s: float = Field(description="waiting for a batch slot on the model replica")
+    load_s: float = Field(description="fetching the token set (cache or store)")
+    prefill_s: float
+    decode_s: float
+    total_s: float = Field(description="end to end inside the service")
+
+
+class MergeApplied(BaseModel):
+    method: InnerMethodName
+    layer: int
+    keep_ratio: float
+    lam: float
+
+
+class AskResponse(BaseModel):
+    video_id: str
+    model: str
+    answer: str
+    finish_reason: Literal["stop", "length"]
+    merge: MergeApplied
+    tokens: TokenCounts
+    flops: FlopsFigures
+    timings: Timings
+    cache_hit: bool = Field(description="the token set was already in the replica's memory")
+    batch_size: int = Field(description="questions answered in the same forward pass")
+
+
+class VideoInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    video_id: str
+    status: str
+
+
+class VideoList(BaseModel):
+    data: list[VideoInfo]
+    limit: int
+    offset: int
+
+
+# -- OpenAI-compatible chat completions --------------------------------------------------------
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str = Field(max_length=MAX_QUESTION_CHARS)
+
+
+class VideoUrl(_Strict):
+    url: str = Field(max_length=512)
+
+
+class VideoPart(_Strict):
+    """A video from the catalog: `{"type": "video_url", "video_url": {"url": "tokenreel://ID"}}`."""
+
+    type: Literal["video_url"]
+    video_url: VideoUrl
+
+
+ContentPart = Annotated[TextPart | VideoPart, Field(discriminator="type")]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _bounded(cls, value: str | list[Any] | None) -> str | list[Any] | None:
+        if isinstance(value, str) and len(value) > MAX_QUESTION_CHARS:
+            raise ValueError(f"at most {MAX_QUESTION_CHARS} characters")
+        if isinstance(value, list) and len(value) > 8:
+            raise ValueError("at most 8 content parts")
+        return value
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI's request body. Extensions: `video_id` (instead of a video part) and `merge`.
+
+    Supported conversation shape (decision): optional system/developer messages and exactly one
+    user message; the model answers one question over one video, there is no chat history.
+    """
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    model: str = Field(min_length=1, max_length=256)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    video_id: str | None = Field(default=None, max_length=128)
+    merge: MergeSettings | None = None
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    stop: StopSequence | list[StopSequence] | None = None
+    n: int = Field(default=1, ge=1, le=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+
+class ChatUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "tokenreel"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

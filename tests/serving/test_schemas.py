@@ -1,0 +1,65 @@
+"""Request limits and the merge-layer rule (default 18, lowered for shallow models)."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from serving.schemas import AskRequest, ChatCompletionRequest, MergeSettings
+
+
+def test_defaults_are_the_papers_and_greedy() -> None:
+    request = AskRequest(question="what happens?")
+    merge = request.merge.to_config(num_layers=28)
+    assert (merge.method, merge.layer, merge.keep_ratio, merge.lam) == ("text_aware", 18, 0.5, 0.5)
+    generation = request.generation_config()
+    assert generation.greedy and generation.max_new_tokens == 64
+
+
+def test_default_layer_is_lowered_for_a_shallow_model() -> None:
+    assert MergeSettings().to_config(num_layers=4).layer == 3
+
+
+def test_explicit_layer_beyond_the_model_is_rejected() -> None:
+    with pytest.raises(ValueError, match=r"\[0, 3\]"):
+        MergeSettings(layer=4).to_config(num_layers=4)
+    assert MergeSettings(layer=3).to_config(num_layers=4).layer == 3
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"question": ""},
+        {"question": "   "},
+        {"question": "x" * 4001},
+        {"question": "q", "max_new_tokens": 0},
+        {"question": "q", "max_new_tokens": 5000},
+        {"question": "q", "temperature": -0.1},
+        {"question": "q", "top_p": 0},
+        {"question": "q", "merge": {"keep_ratio": 1.5}},
+        {"question": "q", "merge": {"lam": -1}},
+        {"question": "q", "merge": {"method": "magic"}},
+        {"question": "q", "merge": {"layer": -1}},
+        {"question": "q", "max_new_token": 5},  # typo: unknown fields are errors
+        {"question": "q", "stop": ["a", "b", "c", "d", "e"]},
+    ],
+)
+def test_out_of_range_requests_are_rejected(body: dict) -> None:
+    with pytest.raises(ValidationError):
+        AskRequest.model_validate(body)
+
+
+def test_nan_is_rejected() -> None:
+    with pytest.raises(ValidationError):
+        AskRequest.model_validate_json('{"question": "q", "temperature": NaN}')
+
+
+def test_chat_request_ignores_unused_openai_fields_but_not_n() -> None:
+    base = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    ChatCompletionRequest.model_validate({**base, "frequency_penalty": 0, "user": "u"})
+    with pytest.raises(ValidationError):
+        ChatCompletionRequest.model_validate({**base, "n": 2})
+    with pytest.raises(ValidationError):
+        ChatCompletionRequest.model_validate(
+            {**base, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}
+        )
