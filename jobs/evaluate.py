@@ -1,0 +1,349 @@
+"""The evaluation runner: multiple-choice video QA benchmarks, swept over methods x retention.
+
+    benchmarks -> unique videos -> token sets per (outer method, ratio), indexed once and cached
+    in the store + catalog -> for each sweep row, every question asked over its token set, with
+    the row's in-LLM merge -> letter extracted, scored -> report (jobs/report.py)
+
+Sweep rows (labels as in the paper's Table S2; r = retention ratio, R = the in-LLM keep ratio):
+
+| method          | outer stage (token set)          | in the LLM (MergeConfig)      | label   |
+|-----------------|----------------------------------|-------------------------------|---------|
+| full            | all tokens                       | none                          | 100%    |
+| ours            | ours at r                        | text_aware at K, keeps R      | r/(rR)  |
+| ours_no_merge   | ours at r (same sets as "ours")  | none                          | r       |
+| ours_no_cluster | retention pool only at r         | none                          | r       |
+| fastv           | all tokens (same sets as "full") | fastv at K, keeps r of them   | 100%/r  |
+| visionzip       | VisionZip-style at r             | none                          | r       |
+| uniform, random | the baseline at r                | none                          | r       |
+
+Decisions the docs leave open:
+
+* "Ours w/o cluster" runs without the in-LLM merge, so it pairs with "Ours (w/o M)" and isolates
+  what the cluster refill adds.
+* K defaults to the paper's 18 of 28 layers, scaled to the model's depth (round(18 L / 28),
+  within [1, L - 1]): a tiny test model keeps a merge layer instead of silently skipping it.
+* Indexing runs in this process, one video at a time: decoded and encoded ONCE, then compressed
+  under every outer config of the sweep (the vision tower dominates the cost). Token sets land in
+  the store + catalog like the indexing job's, so a later run (or `tokenreel serve`) reuses them.
+* A video that cannot be decoded leaves its questions out of every row (the same questions for
+  all methods), counted under "failed" in the notes; an answer with no extractable letter counts
+  as wrong ("unparsed" in tasks.csv).
+* Questions are asked greedily, at most 16 new tokens (lmms-eval's setting for these tasks),
+  `batch_size` at a time (the paper: 1).
+* FLOPs: Eq. S3 per question from the n_i the model reports (`Answer.layer_visual_tokens` for the
+  paper's convention, `Answer.layer_tokens` with text), averaged over the row's questions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from compression.config import CompressionConfig, GenerationConfig, MergeConfig
+from compression.flops import prefill_decode_flops
+from jobs.benchmarks import Benchmark, MultipleChoiceItem
+from jobs.choices import build_prompt, extract_choice
+from jobs.report import ReportRow, TaskScore
+
+SWEEP_METHODS: tuple[str, ...] = (
+    "full",
+    "fastv",
+    "visionzip",
+    "uniform",
+    "random",
+    "ours_no_cluster",
+    "ours_no_merge",
+    "ours",
+)
+METHOD_LABELS: dict[str, str] = {
+    "full": "Vanilla",
+    "fastv": "FastV",
+    "visionzip": "VisionZip-style",
+    "uniform": "Uniform",
+    "random": "Random",
+    "ours_no_cluster": "Ours (w/o C)",
+    "ours_no_merge": "Ours (w/o M)",
+    "ours": "Ours",
+}
+# Outer-stage method of each sweep method (CompressionConfig.method).
+_OUTER_METHOD: dict[str, str] = {
+    "full": "full",
+    "fastv": "full",
+    "visionzip": "visionzip",
+    "uniform": "uniform",
+    "random": "random",
+    "ours_no_cluster": "ours_no_cluster",
+    "ours_no_merge": "ours",
+    "ours": "ours",
+}
+PAPER_RATIOS: tuple[float, ...] = (0.15, 0.10, 0.05, 0.02, 0.01)
+PAPER_LAYERS, PAPER_MERGE_LAYER = 28, 18
+MAX_NEW_TOKENS = 16
+
+
+def percent(ratio: float) -> str:
+    """0.02 -> "2%", 0.075 -> "7.5%", 0.005 -> "0.5%"."""
+    return f"{100 * ratio:.6g}%"
+
+
+def default_merge_layer(num_layers: int) -> int:
+    """The paper's K = 18 of 28 layers, at the same relative depth for other depths."""
+    if num_layers < 2:
+        raise ValueError(f"a merge inside the LLM needs at least 2 layers, got {num_layers}")
+    return min(num_layers - 1, max(1, round(PAPER_MERGE_LAYER * num_layers / PAPER_LAYERS)))
+
+
+@dataclass(frozen=True)
+class SweepEntry:
+    """One row of the table: which token sets, which in-LLM merge, how it is labelled."""
+
+    method: str
+    ratio: float  # r; 1.0 for "full"
+    outer: CompressionConfig
+    merge: MergeConfig
+
+    @property
+    def label(self) -> str:
+        return METHOD_LABELS[self.method]
+
+    @property
+    def retention(self) -> str:
+        if self.method == "full":
+            return "100%"
+        if self.method == "fastv":
+            return f"100%/{percent(self.ratio)}"
+        if self.merge.active:
+            return f"{percent(self.ratio)}/{percent(self.ratio * self.merge.keep_ratio)}"
+        return percent(self.ratio)
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}@{self.ratio:g}"
+
+
+def build_sweep(
+    methods: Sequence[str],
+    ratios: Sequence[float],
+    *,
+    base: CompressionConfig = CompressionConfig(),
+    merge_layer: int = PAPER_MERGE_LAYER,
+    keep_ratio: float = 0.5,
+    lam: float = 0.5,
+) -> list[SweepEntry]:
+    """Rows in Table S2's order: the full model first, then by ratio (high to low), baselines
+    before ours. `base` carries tau, cluster ratio, k and seed for every outer config."""
+    unknown = [m for m in methods if m not in SWEEP_METHODS]
+    if unknown or not methods:
+        raise ValueError(f"unknown sweep methods {unknown}; choose from {SWEEP_METHODS}")
+    if not ratios and any(m != "full" for m in methods):
+        raise ValueError("give at least one retention ratio")
+    full_outer = CompressionConfig(**{**base.to_dict(), "method": "full", "retention_ratio": 1.0})
+    entries = []
+    if "full" in methods:
+        entries.append(SweepEntry("full", 1.0, full_outer, MergeConfig(method="none")))
+    for ratio in sorted(set(ratios), reverse=True):
+        for method in SWEEP_METHODS:
+            if method == "full" or method not in methods:
+                continue
+            if method == "fastv":
+                merge = MergeConfig(method="fastv", layer=merge_layer, keep_ratio=ratio, lam=lam)
+                entries.append(SweepEntry(method, ratio, full_outer, merge))
+                continue
+            outer = CompressionConfig(
+                **{**base.to_dict(), "method": _OUTER_METHOD[method], "retention_ratio": ratio}
+            )
+            if method == "ours":
+                merge = MergeConfig("text_aware", layer=merge_layer, keep_ratio=keep_ratio, lam=lam)
+            else:
+                merge = MergeConfig(method="none")
+            entries.append(SweepEntry(method, ratio, outer, merge))
+    return entries
+
+
+@dataclass
+class Prediction:
+    """One question answered under one sweep row."""
+
+    row: str
+    benchmark: str
+    task: str
+    question_id: str
+    video: str
+    answer: str  # the right letter
+    response: str
+    choice: str | None  # the extracted letter; None when none could be read
+    visual_tokens_in: int
+    visual_tokens_after_merge: int
+    flops: float  # Eq. S3, visual tokens only (the paper's convention)
+    flops_with_text: float
+
+    @property
+    def correct(self) -> bool:
+        return self.choice == self.answer
+
+
+def predictions_for(
+    entry: SweepEntry,
+    items: Sequence[MultipleChoiceItem],
+    answers: Sequence,
+    *,
+    hidden: int,
+    ffn: int,
+) -> list[Prediction]:
+    """Score answers (`compression.video_llm.Answer`) to `items` under `entry`."""
+    out = []
+    for item, answer in zip(items, answers, strict=True):
+        choice = extract_choice(answer.text, item.options)
+        out.append(
+            Prediction(
+                row=entry.key,
+                benchmark=item.benchmark,
+                task=item.task,
+                question_id=item.question_id,
+                video=str(item.video),
+                answer=item.answer_letter,
+                response=answer.text,
+                choice=None if choice is None else "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[choice],
+                visual_tokens_in=answer.visual_tokens_in,
+                visual_tokens_after_merge=answer.visual_tokens_after_merge,
+                flops=prefill_decode_flops(answer.layer_visual_tokens, hidden, ffn),
+                flops_with_text=prefill_decode_flops(answer.layer_tokens, hidden, ffn),
+            )
+        )
+    return out
+
+
+def summarise(
+    entries: Sequence[SweepEntry],
+    benchmarks: Sequence[Benchmark],
+    predictions: Sequence[Prediction],
+) -> tuple[list[ReportRow], list[TaskScore]]:
+    """Per row: the score of each benchmark (MLVU: mean over its tasks), FLOPs; per task too."""
+    from jobs.benchmarks import SCORED_AS_TASK_MEAN
+
+    by_row: dict[str, list[Prediction]] = defaultdict(list)
+    for p in predictions:
+        by_row[p.row].append(p)
+    rows, tasks = [], []
+    for entry in entries:
+        row_preds = by_row.get(entry.key, [])
+        scores: dict[str, float | None] = {}
+        for bench in benchmarks:
+            bench_tasks = _task_scores(entry, bench, row_preds)
+            tasks += bench_tasks
+            answered = [t for t in bench_tasks if t.questions]
+            if not answered:
+                scores[bench.display_name] = None
+            elif bench.name in SCORED_AS_TASK_MEAN:
+                scores[bench.display_name] = sum(t.accuracy for t in answered) / len(answered)
+            else:
+                n = sum(t.questions for t in answered)
+                scores[bench.display_name] = 100.0 * sum(t.correct for t in answered) / n
+        rows.append(
+            ReportRow(
+                method=entry.method,
+                label=entry.label,
+                retention=entry.retention,
+                ratio=entry.ratio,
+                scores=scores,
+                tflops=_mean([p.flops / 1e12 for p in row_preds]),
+                tflops_with_text=_mean([p.flops_with_text / 1e12 for p in row_preds]),
+            )
+        )
+    return rows, tasks
+
+
+def _task_scores(
+    entry: SweepEntry, bench: Benchmark, predictions: Sequence[Prediction]
+) -> list[TaskScore]:
+    grouped: dict[str, list[Prediction]] = defaultdict(list)
+    for p in predictions:
+        if p.benchmark == bench.name:
+            grouped[p.task].append(p)
+    return [
+        TaskScore(
+            label=entry.label,
+            retention=entry.retention,
+            benchmark=bench.display_name,
+            task=task,
+            questions=len(preds),
+            correct=sum(p.correct for p in preds),
+            unparsed=sum(p.choice is None for p in preds),
+        )
+        for task, preds in sorted(grouped.items())
+    ]
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return math.fsum(values) / len(values) if values else None
+
+
+# -- running ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EvalSettings:
+    """How to sample, index and ask (the sweep itself is a list of `SweepEntry`)."""
+
+    frames: int = 32
+    frame_size: int | None = None
+    decode_timeout_s: float = 300.0
+    batch_size: int = 1
+    max_new_tokens: int = MAX_NEW_TOKENS
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+
+
+@dataclass
+class EvalResult:
+    rows: list[ReportRow]
+    tasks: list[TaskScore]
+    predictions: list[Prediction]
+    failed_videos: dict[str, str] = field(default_factory=dict)
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+def _batches(items: Sequence[MultipleChoiceItem], size: int) -> list[list[MultipleChoiceItem]]:
+    """Questions grouped by video (each token set is loaded once per row), `size` at a time."""
+    ordered = sorted(items, key=lambda i: str(i.video))
+    return [list(ordered[i : i + size]) for i in range(0, len(ordered), size)]
+
+
+def ask_sweep(
+    llm,
+    entries: Sequence[SweepEntry],
+    items: Sequence[MultipleChoiceItem],
+    token_set_for: Callable[[MultipleChoiceItem, CompressionConfig], object],
+    settings: EvalSettings,
+    progress: Callable[[str], None] = lambda message: None,
+) -> list[Prediction]:
+    """Every question under every sweep row; `token_set_for(item, outer_config)` gives the
+    question's token set."""
+    from compression.video_llm import Question
+
+    generation = GenerationConfig(max_new_tokens=settings.max_new_tokens, temperature=0.0)
+    predictions: list[Prediction] = []
+    for n, entry in enumerate(entries, start=1):
+        progress(f"[{n}/{len(entries)}] {entry.label} {entry.retention}: {len(items)} questions")
+        for batch in _batches(items, settings.batch_size):
+            questions = [
+                Question(token_set_for(i, entry.outer), build_prompt(i.question, i.options))
+                for i in batch
+            ]
+            answers = llm.answer(questions, entry.merge, generation)
+            predictions += predictions_for(
+                entry, batch, answers, hidden=llm.hidden_size, ffn=llm.intermediate_size
+            )
+    return predictions
+
+
+def write_predictions(path: Path, predictions: Sequence[Prediction]) -> None:
+    """One JSON object per line: what was asked, answered, read and scored."""
+    with path.open("w", encoding="utf-8") as f:
+        for p in predictions:
+            record = {**p.__dict__, "correct": p.correct}
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
