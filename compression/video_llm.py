@@ -117,3 +117,46 @@ class VideoLLM(Protocol):
         merge: MergeConfig = MergeConfig(),
         generation: GenerationConfig = GenerationConfig(),
     ) -> Iterator[str | Answer]: ...
+
+
+def grid_index(grid: tuple[int, int, int]) -> torch.Tensor:
+    """(t, h, w) of every cell of a token grid in original (frame-major, raster) order: [N, 3]
+    int32, the `EncodedVideo.index` of a video whose every token is kept."""
+    axes = [torch.arange(size, dtype=torch.int32) for size in grid]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
+
+
+def load_video_llm(
+    model: str, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> VideoLLM:
+    """A plug-in by name: a built-in tiny model ("tiny-llava-ov", "tiny-qwen2.5-vl"; random
+    weights from a fixed seed, no download), or a hub id / local checkpoint directory, dispatched
+    on its config's `model_type` (llava_onevision, qwen2_5_vl).
+
+    dtype defaults to bfloat16 on CUDA and float32 elsewhere; attention is sdpa.
+    Plug-ins are imported lazily: loading one family never imports the other.
+    """
+    if not isinstance(model, str) or not model.strip():
+        raise ValueError(f"model must be a non-empty name, hub id or directory, got {model!r}")
+    from compression.tiny_models import TINY_LLAVA_OV, TINY_QWEN2_5_VL
+
+    if model == TINY_LLAVA_OV:
+        family = "llava_onevision"
+    elif model == TINY_QWEN2_5_VL:
+        family = "qwen2_5_vl"
+    else:
+        from transformers import AutoConfig
+
+        family = AutoConfig.from_pretrained(model).model_type
+    if family == "llava_onevision":
+        from compression.llava_onevision import load_llava_onevision
+
+        return load_llava_onevision(model, device=device, dtype=dtype)
+    if family == "qwen2_5_vl":
+        from compression.qwen2_5_vl import load_qwen2_5_vl
+
+        return load_qwen2_5_vl(model, device=device, dtype=dtype)
+    raise ValueError(
+        f"{model!r} is a {family!r} model; supported: llava_onevision, qwen2_5_vl "
+        f"(or the built-ins {TINY_LLAVA_OV!r}, {TINY_QWEN2_5_VL!r})"
+    )
