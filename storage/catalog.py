@@ -1,0 +1,787 @@
+"""The SQL catalog of videos, their indexing status and their token sets (SQLAlchemy 2.x).
+
+One code path for SQLite (the embedded default: WAL, a busy timeout and ``BEGIN IMMEDIATE`` for
+writes, so several processes can write one file) and PostgreSQL (production, by URL).
+
+Keys. A video is its `video_id` (derived from its URI, `storage.ids.video_id_for`). Its status
+lives per (video_id, model_id, config_hash): a video can be indexed under one compression config
+and pending or failed under another. `video_status` and `token_sets` have that triple as primary
+key, and every write is an INSERT ... ON CONFLICT (the same statement on both backends), so the
+same video under the same model and config exists once however many workers write at once, and
+no writer fails because another got there first.
+
+Visibility. A token set is visible once its `token_sets` row exists; `record_indexed` writes it
+only for locations that `write_token_sets` returned, i.e. after the file is durable.
+
+Schema versions are Alembic revisions (`storage/migrations`); the schema is created or upgraded
+to head on first use, under a lock (SQLite's write lock, PostgreSQL's advisory lock) so
+concurrent first users do not race.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from compression.token_set import TokenSet
+from storage.ids import validate_uri, validate_video_id, video_id_for
+from storage.token_files import TokenSetLocation
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+MAX_ERROR_LENGTH = 4000
+_CHUNK = 500  # ids per IN (...) query: far below every backend's bound-parameter limit
+_MIGRATION_LOCK_ID = 0x746F6B656E72  # PostgreSQL advisory lock key ("tokenr")
+
+
+class VideoStatus(str, Enum):
+    PENDING = "pending"
+    INDEXED = "indexed"
+    FAILED = "failed"
+
+
+metadata = sa.MetaData(
+    naming_convention={
+        "pk": "pk_%(table_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "ix": "ix_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+    }
+)
+
+_TS = sa.DateTime(timezone=True)
+
+videos = sa.Table(
+    "videos",
+    metadata,
+    sa.Column("video_id", sa.String(128), primary_key=True),
+    sa.Column("uri", sa.Text, nullable=False),
+    sa.Column("content_hash", sa.String(128), nullable=True),
+    sa.Column("created_at", _TS, nullable=False),
+    sa.Column("updated_at", _TS, nullable=False),
+)
+
+indexing_runs = sa.Table(
+    "indexing_runs",
+    metadata,
+    sa.Column("run_id", sa.String(32), primary_key=True),
+    sa.Column("started_at", _TS, nullable=False),
+    sa.Column("finished_at", _TS, nullable=True),
+    sa.Column("settings_json", sa.Text, nullable=False),
+    sa.Column("counts_json", sa.Text, nullable=True),
+)
+
+video_status = sa.Table(
+    "video_status",
+    metadata,
+    sa.Column(
+        "video_id",
+        sa.String(128),
+        sa.ForeignKey("videos.video_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("model_id", sa.String(256), primary_key=True),
+    sa.Column("config_hash", sa.String(64), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("run_id", sa.String(32), sa.ForeignKey("indexing_runs.run_id"), nullable=True),
+    sa.Column("last_duration_s", sa.Float, nullable=True),
+    sa.Column("indexed_at", _TS, nullable=True),
+    sa.Column("created_at", _TS, nullable=False),
+    sa.Column("updated_at", _TS, nullable=False),
+    sa.CheckConstraint("status IN ('pending', 'indexed', 'failed')", name="status"),
+    sa.Index(None, "status"),
+    sa.Index(None, "run_id"),
+)
+
+token_sets = sa.Table(
+    "token_sets",
+    metadata,
+    sa.Column(
+        "video_id",
+        sa.String(128),
+        sa.ForeignKey("videos.video_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("model_id", sa.String(256), primary_key=True),
+    sa.Column("config_hash", sa.String(64), primary_key=True),
+    sa.Column("file_url", sa.Text, nullable=False),
+    sa.Column("row_group", sa.Integer, nullable=False),
+    sa.Column("byte_offset", sa.BigInteger, nullable=False),
+    sa.Column("byte_length", sa.BigInteger, nullable=False),
+    sa.Column("footer", sa.LargeBinary, nullable=False),
+    sa.Column("kept_count", sa.Integer, nullable=False),
+    sa.Column("created_at", _TS, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class IndexedVideo:
+    """What `Catalog.record_indexed` needs about one successfully indexed video."""
+
+    uri: str
+    content_hash: str
+    location: TokenSetLocation
+    duration_s: float | None = None
+
+    @classmethod
+    def of(
+        cls, token_set: TokenSet, location: TokenSetLocation, duration_s: float | None = None
+    ) -> IndexedVideo:
+        return cls(token_set.source_uri, token_set.content_hash, location, duration_s)
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One video under one (model_id, config_hash): its status, why it failed, where its tokens are.
+
+    attempts counts failed attempts (`record_failed`); `record_indexed` leaves it unchanged, so
+    recording the same success twice changes nothing. location is None unless indexed.
+    """
+
+    video_id: str
+    uri: str
+    content_hash: str | None
+    model_id: str
+    config_hash: str
+    status: VideoStatus
+    error: str | None
+    attempts: int
+    run_id: str | None
+    last_duration_s: float | None
+    indexed_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    location: TokenSetLocation | None
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """An indexing run: its settings, the counts its job recorded at the end (`counts`, None while
+    running) and the live count of status rows last touched by it (`status_counts`)."""
+
+    run_id: str
+    started_at: datetime
+    finished_at: datetime | None
+    settings: dict[str, Any]
+    counts: dict[str, int] | None
+    status_counts: dict[str, int]
+
+
+class Catalog:
+    """The catalog at `url` (``sqlite:///path.sqlite`` or ``postgresql+psycopg://...``).
+
+    Creates/upgrades the schema on construction. One instance per process (engines must not
+    cross a fork); it is thread-safe. Every method validates its inputs (ValueError).
+    """
+
+    def __init__(self, url: str) -> None:
+        if not isinstance(url, str) or not url:
+            raise ValueError(f"a catalog URL must be a non-empty string, got {url!r}")
+        self.url = url
+        self.engine = create_engine(url)
+        self._dialect = self.engine.dialect.name
+        if self._dialect not in ("sqlite", "postgresql"):
+            raise ValueError(f"catalog backend {self._dialect!r} unsupported: sqlite or postgresql")
+        upgrade_to_head(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- runs -------------------------------------------------------------------------------
+    def start_run(self, settings: Mapping[str, Any]) -> str:
+        """Record the start of an indexing run with its settings (JSON-serialisable); its id."""
+        run_id = uuid.uuid4().hex
+        with self._write() as conn:
+            conn.execute(
+                indexing_runs.insert().values(
+                    run_id=run_id, started_at=_now(), settings_json=_to_json(settings)
+                )
+            )
+        return run_id
+
+    def finish_run(self, run_id: str, counts: Mapping[str, int]) -> None:
+        """Record the end of a run with its final counts (e.g. indexed/failed/skipped)."""
+        with self._write() as conn:
+            result = conn.execute(
+                indexing_runs.update()
+                .where(indexing_runs.c.run_id == run_id)
+                .values(finished_at=_now(), counts_json=_to_json(dict(counts)))
+            )
+        if result.rowcount != 1:
+            raise KeyError(f"unknown indexing run {run_id!r}")
+
+    def run_summary(self, run_id: str) -> RunSummary | None:
+        """The run `run_id` with live status counts, or None when unknown."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                indexing_runs.select().where(indexing_runs.c.run_id == run_id)
+            ).first()
+            if row is None:
+                return None
+            counts = conn.execute(
+                sa.select(video_status.c.status, sa.func.count())
+                .where(video_status.c.run_id == run_id)
+                .group_by(video_status.c.status)
+            ).all()
+        return RunSummary(
+            run_id=row.run_id,
+            started_at=_utc(row.started_at),
+            finished_at=_utc(row.finished_at),
+            settings=json.loads(row.settings_json),
+            counts=None if row.counts_json is None else json.loads(row.counts_json),
+            status_counts={status: n for status, n in counts},
+        )
+
+    def list_runs(self, limit: int = 20, offset: int = 0) -> list[RunSummary]:
+        """The most recent runs first."""
+        _check_page(limit, offset)
+        with self.engine.connect() as conn:
+            ids = conn.scalars(
+                sa.select(indexing_runs.c.run_id)
+                .order_by(indexing_runs.c.started_at.desc(), indexing_runs.c.run_id)
+                .limit(limit)
+                .offset(offset)
+            ).all()
+        return [summary for run_id in ids if (summary := self.run_summary(run_id)) is not None]
+
+    # -- indexing status --------------------------------------------------------------------
+    def not_indexed(
+        self,
+        uris: Iterable[str],
+        model_id: str,
+        config_hash: str,
+        *,
+        retry_failed: bool = False,
+        max_attempts: int | None = None,
+    ) -> list[str]:
+        """The URIs (input order, duplicates dropped) with no token set yet under this model and
+        config: unknown or pending ones, plus failed ones when `retry_failed` (and, with
+        `max_attempts`, only those that failed fewer times than that)."""
+        _check_key(model_id, config_hash)
+        by_id = _ids_by_uri(uris)
+        statuses: dict[str, tuple[str, int]] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(by_id.values())):
+                rows = conn.execute(
+                    sa.select(
+                        video_status.c.video_id, video_status.c.status, video_status.c.attempts
+                    )
+                    .where(video_status.c.video_id.in_(chunk))
+                    .where(video_status.c.model_id == model_id)
+                    .where(video_status.c.config_hash == config_hash)
+                )
+                statuses.update({r.video_id: (r.status, r.attempts) for r in rows})
+
+        def wanted(video_id: str) -> bool:
+            status, attempts = statuses.get(video_id, (VideoStatus.PENDING.value, 0))
+            if status == VideoStatus.FAILED.value:
+                return retry_failed and (max_attempts is None or attempts < max_attempts)
+            return status == VideoStatus.PENDING.value
+
+        return [uri for uri, video_id in by_id.items() if wanted(video_id)]
+
+    def register_pending(
+        self, uris: Iterable[str], model_id: str, config_hash: str, *, run_id: str | None = None
+    ) -> list[str]:
+        """Mark the URIs pending under this model/config (new videos are added); return their ids.
+
+        An indexed video stays indexed; a failed one becomes pending again (a retry) and keeps its
+        attempts and last error. Safe to call concurrently with the same URIs.
+        """
+        _check_key(model_id, config_hash)
+        by_id = _ids_by_uri(uris)
+        now = _now()
+        rows = [
+            {"video_id": v, "uri": u, "created_at": now, "updated_at": now}
+            for u, v in by_id.items()
+        ]
+        if not rows:
+            return []
+        status_rows = [
+            {
+                "video_id": video_id,
+                "model_id": model_id,
+                "config_hash": config_hash,
+                "status": VideoStatus.PENDING.value,
+                "attempts": 0,
+                "run_id": run_id,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for video_id in by_id.values()
+        ]
+        insert = self._insert(video_status)
+        with self._write() as conn:
+            conn.execute(
+                self._insert(videos).on_conflict_do_nothing(index_elements=["video_id"]), rows
+            )
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=_STATUS_KEY,
+                    set_={
+                        "status": insert.excluded.status,
+                        "run_id": insert.excluded.run_id,
+                        "updated_at": insert.excluded.updated_at,
+                    },
+                    where=video_status.c.status != VideoStatus.INDEXED.value,
+                ),
+                status_rows,
+            )
+        return list(by_id.values())
+
+    def record_indexed(self, entries: Sequence[IndexedVideo], *, run_id: str | None = None) -> None:
+        """Make the token sets at `entries[i].location` the indexed token sets of their videos.
+
+        Call only with locations `write_token_sets` returned (the files are durable). Idempotent;
+        a later call for the same (video, model, config) replaces the location (the old file is
+        then an orphan for `collect_orphan_files`). All entries land in one transaction.
+        """
+        if not entries:
+            return
+        now = _now()
+        video_rows, status_rows, token_rows = [], [], []
+        # The last entry per key wins: one statement must not update the same row twice.
+        latest = {
+            (e.location.video_id, e.location.model_id, e.location.config_hash): e for e in entries
+        }
+        for entry in latest.values():
+            location = entry.location
+            video_id = validate_video_id(location.video_id)
+            _check_key(location.model_id, location.config_hash)
+            key = {
+                "video_id": video_id,
+                "model_id": location.model_id,
+                "config_hash": location.config_hash,
+            }
+            video_rows.append(
+                {
+                    "video_id": video_id,
+                    "uri": validate_uri(entry.uri),
+                    "content_hash": entry.content_hash or None,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+            status_rows.append(
+                {
+                    **key,
+                    "status": VideoStatus.INDEXED.value,
+                    "error": None,
+                    "attempts": 0,
+                    "run_id": run_id,
+                    "last_duration_s": entry.duration_s,
+                    "indexed_at": now,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+            token_rows.append(
+                {
+                    **key,
+                    "file_url": location.file_url,
+                    "row_group": location.row_group,
+                    "byte_offset": location.offset,
+                    "byte_length": location.length,
+                    "footer": location.footer,
+                    "kept_count": location.kept_count,
+                    "created_at": now,
+                }
+            )
+        with self._write() as conn:
+            self._upsert(
+                conn, videos, video_rows, ["video_id"], ["uri", "content_hash", "updated_at"]
+            )
+            self._upsert(
+                conn,
+                video_status,
+                status_rows,
+                _STATUS_KEY,
+                ["status", "error", "run_id", "last_duration_s", "indexed_at", "updated_at"],
+            )
+            self._upsert(
+                conn,
+                token_sets,
+                token_rows,
+                _STATUS_KEY,
+                [
+                    "file_url",
+                    "row_group",
+                    "byte_offset",
+                    "byte_length",
+                    "footer",
+                    "kept_count",
+                    "created_at",
+                ],
+            )
+
+    def record_failed(
+        self,
+        uri: str,
+        model_id: str,
+        config_hash: str,
+        reason: str,
+        *,
+        run_id: str | None = None,
+        duration_s: float | None = None,
+    ) -> None:
+        """Mark the video failed under this model/config with `reason`; attempts += 1.
+
+        A video already indexed under this key stays indexed (a failed duplicate attempt by a
+        concurrent worker must not hide a good token set); only its attempts count grows.
+        """
+        _check_key(model_id, config_hash)
+        video_id = video_id_for(uri)
+        now = _now()
+        error = str(reason)[:MAX_ERROR_LENGTH]
+        insert = self._insert(video_status).values(
+            video_id=video_id,
+            model_id=model_id,
+            config_hash=config_hash,
+            status=VideoStatus.FAILED.value,
+            error=error,
+            attempts=1,
+            run_id=run_id,
+            last_duration_s=duration_s,
+            created_at=now,
+            updated_at=now,
+        )
+        not_indexed = video_status.c.status != VideoStatus.INDEXED.value
+        with self._write() as conn:
+            conn.execute(
+                self._insert(videos)
+                .values(video_id=video_id, uri=uri, created_at=now, updated_at=now)
+                .on_conflict_do_nothing(index_elements=["video_id"])
+            )
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=_STATUS_KEY,
+                    set_={
+                        "attempts": video_status.c.attempts + 1,
+                        "status": sa.case(
+                            (not_indexed, insert.excluded.status), else_=video_status.c.status
+                        ),
+                        "error": sa.case(
+                            (not_indexed, insert.excluded.error), else_=video_status.c.error
+                        ),
+                        "run_id": insert.excluded.run_id,
+                        "last_duration_s": insert.excluded.last_duration_s,
+                        "updated_at": insert.excluded.updated_at,
+                    },
+                )
+            )
+
+    # -- lookups ----------------------------------------------------------------------------
+    def locate(
+        self, video_id: str, model_id: str | None = None, config_hash: str | None = None
+    ) -> TokenSetLocation | None:
+        """Where the token set of `video_id` is (for this model/config; when either is None, the
+        most recently written matching one), or None when there is none."""
+        query = _filtered(
+            sa.select(token_sets), token_sets, validate_video_id(video_id), model_id, config_hash
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                query.order_by(token_sets.c.created_at.desc(), token_sets.c.config_hash).limit(1)
+            ).first()
+        return None if row is None else _location(row)
+
+    def get_video(
+        self, video_id: str, model_id: str | None = None, config_hash: str | None = None
+    ) -> VideoRecord | None:
+        """The video with its status under this model/config, or None when unknown.
+
+        When model_id/config_hash are None and several statuses match, an indexed one wins
+        (the most recently updated), else the most recently updated one (e.g. failed + reason).
+        """
+        query = _filtered(
+            _RECORD_QUERY, video_status, validate_video_id(video_id), model_id, config_hash
+        )
+        indexed_first = sa.case((video_status.c.status == VideoStatus.INDEXED.value, 0), else_=1)
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                query.order_by(indexed_first, video_status.c.updated_at.desc()).limit(1)
+            ).first()
+        return None if row is None else _record(row)
+
+    def list_videos(
+        self,
+        status: VideoStatus | str | None = None,
+        search: str | None = None,
+        *,
+        model_id: str | None = None,
+        config_hash: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[VideoRecord]:
+        """Status rows (one per video/model/config), most recently updated first.
+
+        status filters on pending/indexed/failed; search is a case-insensitive substring of the
+        URI or the video id (no wildcards: % and _ match themselves).
+        """
+        _check_page(limit, offset)
+        query = self._listing(_RECORD_QUERY, status, search, model_id, config_hash)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                query.order_by(
+                    video_status.c.updated_at.desc(),
+                    video_status.c.video_id,
+                    video_status.c.model_id,
+                    video_status.c.config_hash,
+                )
+                .limit(limit)
+                .offset(offset)
+            ).all()
+        return [_record(row) for row in rows]
+
+    def count_videos(
+        self,
+        status: VideoStatus | str | None = None,
+        search: str | None = None,
+        *,
+        model_id: str | None = None,
+        config_hash: str | None = None,
+    ) -> int:
+        """How many rows `list_videos` would page through with the same filters."""
+        base = sa.select(sa.func.count()).select_from(video_status.join(videos))
+        with self.engine.connect() as conn:
+            return int(conn.scalar(self._listing(base, status, search, model_id, config_hash)))
+
+    def referenced_file_urls(self) -> set[str]:
+        """Every token-set file URL a catalog row points to (what garbage collection keeps)."""
+        with self.engine.connect() as conn:
+            return set(conn.scalars(sa.select(token_sets.c.file_url).distinct()))
+
+    # -- internals --------------------------------------------------------------------------
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A write transaction (SQLite: BEGIN IMMEDIATE, so writers queue on the busy timeout
+        instead of failing when a read transaction would have to upgrade)."""
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(tokenreel_write=True)
+            with conn.begin():
+                yield conn
+
+    def _insert(self, table: sa.Table) -> Any:
+        if self._dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        return insert(table)
+
+    def _upsert(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        rows: list[dict[str, Any]],
+        key: list[str],
+        update: list[str],
+    ) -> None:
+        insert = self._insert(table)
+        conn.execute(
+            insert.on_conflict_do_update(
+                index_elements=key, set_={name: insert.excluded[name] for name in update}
+            ),
+            rows,
+        )
+
+    @staticmethod
+    def _listing(
+        query: sa.Select,
+        status: VideoStatus | str | None,
+        search: str | None,
+        model_id: str | None,
+        config_hash: str | None,
+    ) -> sa.Select:
+        if status is not None:
+            query = query.where(video_status.c.status == VideoStatus(status).value)
+        if search:
+            needle = search.lower()
+            query = query.where(
+                sa.or_(
+                    sa.func.lower(videos.c.uri).contains(needle, autoescape=True),
+                    sa.func.lower(videos.c.video_id).contains(needle, autoescape=True),
+                )
+            )
+        if model_id is not None:
+            query = query.where(video_status.c.model_id == model_id)
+        if config_hash is not None:
+            query = query.where(video_status.c.config_hash == config_hash)
+        return query
+
+
+_STATUS_KEY = ["video_id", "model_id", "config_hash"]
+
+_RECORD_QUERY = sa.select(
+    video_status,
+    videos.c.uri,
+    videos.c.content_hash,
+    token_sets.c.file_url,
+    token_sets.c.row_group,
+    token_sets.c.byte_offset,
+    token_sets.c.byte_length,
+    token_sets.c.footer,
+    token_sets.c.kept_count,
+).select_from(
+    video_status.join(videos).outerjoin(
+        token_sets,
+        sa.and_(*(video_status.c[name] == token_sets.c[name] for name in _STATUS_KEY)),
+    )
+)
+
+
+def _filtered(
+    query: sa.Select, table: sa.Table, video_id: str, model_id: str | None, config_hash: str | None
+) -> sa.Select:
+    query = query.where(table.c.video_id == video_id)
+    if model_id is not None:
+        query = query.where(table.c.model_id == model_id)
+    if config_hash is not None:
+        query = query.where(table.c.config_hash == config_hash)
+    return query
+
+
+def _location(row: Any) -> TokenSetLocation:
+    return TokenSetLocation(
+        file_url=row.file_url,
+        row_group=row.row_group,
+        offset=row.byte_offset,
+        length=row.byte_length,
+        footer=bytes(row.footer),
+        video_id=row.video_id,
+        model_id=row.model_id,
+        config_hash=row.config_hash,
+        kept_count=row.kept_count,
+    )
+
+
+def _record(row: Any) -> VideoRecord:
+    return VideoRecord(
+        video_id=row.video_id,
+        uri=row.uri,
+        content_hash=row.content_hash,
+        model_id=row.model_id,
+        config_hash=row.config_hash,
+        status=VideoStatus(row.status),
+        error=row.error,
+        attempts=row.attempts,
+        run_id=row.run_id,
+        last_duration_s=row.last_duration_s,
+        indexed_at=_utc(row.indexed_at),
+        created_at=_utc(row.created_at),
+        updated_at=_utc(row.updated_at),
+        location=None if row.file_url is None else _location(row),
+    )
+
+
+# -- engine and schema ----------------------------------------------------------------------------
+
+_upgrade_lock = threading.Lock()
+
+
+def create_engine(url: str) -> Engine:
+    """An engine for the catalog at `url` (SQLite: WAL, busy timeout, BEGIN IMMEDIATE on writes)."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return sa.create_engine(url, pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"timeout": 60})
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy emit BEGIN itself (pysqlite's implicit transactions cannot be IMMEDIATE).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout = 60000")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")  # durable across process crashes in WAL
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get("tokenreel_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+def upgrade_to_head(engine: Engine) -> None:
+    """Create the schema, or upgrade it to the newest Alembic revision, under a lock."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with _upgrade_lock, engine.connect() as conn:
+        conn = conn.execution_options(tokenreel_write=True)
+        with conn.begin():
+            if engine.dialect.name == "postgresql":
+                conn.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_ID}
+                )
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+
+
+# -- small helpers --------------------------------------------------------------------------------
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes: they were written in UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=timezone.utc)
+
+
+def _to_json(value: Any) -> str:
+    try:
+        return json.dumps(value, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"not JSON-serialisable: {exc}") from exc
+
+
+def _check_key(model_id: str, config_hash: str) -> None:
+    if not isinstance(model_id, str) or not model_id or len(model_id) > 256:
+        raise ValueError(
+            f"model_id must be a non-empty string of <= 256 characters, got {model_id!r}"
+        )
+    if not isinstance(config_hash, str) or not config_hash or len(config_hash) > 64:
+        raise ValueError(
+            f"config_hash must be a non-empty string of <= 64 characters, got {config_hash!r}"
+        )
+
+
+def _check_page(limit: int, offset: int) -> None:
+    if not isinstance(limit, int) or not 1 <= limit <= 10_000:
+        raise ValueError(f"limit must be an integer in [1, 10000], got {limit!r}")
+    if not isinstance(offset, int) or offset < 0:
+        raise ValueError(f"offset must be a non-negative integer, got {offset!r}")
+
+
+def _ids_by_uri(uris: Iterable[str]) -> dict[str, str]:
+    """{uri: video_id} in input order, duplicates dropped; ValueError on an invalid URI."""
+    if isinstance(uris, str):
+        raise ValueError("expected a collection of URIs, got one string")
+    return {uri: video_id_for(uri) for uri in uris}
+
+
+def _chunks(items: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
