@@ -1,0 +1,122 @@
+"""AnswerEngine without Ray: cache, batching equivalence, FLOPs figures, streaming, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compression import CompressionConfig, compress_video
+from compression.config import GenerationConfig, MergeConfig
+from compression.flops import flops_ratio
+from serving.engine import AnswerEngine, AnswerReport, AskJob, PreparedQuestion
+from serving.errors import InvalidRequest, ServingError
+from storage.token_files import TokenSetLocation, write_token_sets
+
+GREEDY = GenerationConfig(max_new_tokens=6)
+MERGE = MergeConfig(layer=2)
+
+
+@pytest.fixture(scope="module")
+def engine() -> AnswerEngine:
+    return AnswerEngine("tiny-llava-ov", device="cpu", cache_bytes=10**6)
+
+
+@pytest.fixture(scope="module")
+def locations(engine: AnswerEngine, tmp_path_factory: pytest.TempPathFactory) -> list:
+    store = tmp_path_factory.mktemp("store")
+    rng = np.random.default_rng(0)
+    token_sets = []
+    for i in range(3):
+        frames = rng.integers(0, 255, (4 + 2 * i, 48, 48, 3), dtype=np.uint8)
+        encoded = engine.llm.encode(frames, [0.5 * t for t in range(len(frames))])
+        token_set = compress_video(encoded, CompressionConfig(retention_ratio=0.25))
+        token_sets.append(token_set.with_metadata(model_id=engine.info.model_id, video_id=f"v{i}"))
+    return write_token_sets(str(store), token_sets)
+
+
+def job(location: TokenSetLocation, question: str, **changes: object) -> AskJob:
+    base = AskJob(location.video_id, location, question, None, MERGE, GREEDY)
+    return dataclasses.replace(base, **changes)
+
+
+def prepare(engine: AnswerEngine, jobs: list[AskJob]) -> list[PreparedQuestion]:
+    async def run() -> list[PreparedQuestion]:
+        return [await engine.prepare(j) for j in jobs]
+
+    return asyncio.run(run())
+
+
+def essentials(report: AnswerReport) -> tuple:
+    return (report.text, report.completion_tokens, report.visual_in, report.visual_after_merge)
+
+
+def test_second_question_about_a_video_hits_the_cache(engine: AnswerEngine, locations) -> None:
+    first, second = prepare(engine, [job(locations[0], "a?"), job(locations[0], "b?")])
+    assert not first.cache_hit and second.cache_hit
+    assert second.question.token_set is first.question.token_set
+    assert engine.cache.stats().bytes >= first.question.token_set.nbytes
+
+
+def test_a_batch_answers_like_each_question_alone(engine: AnswerEngine, locations) -> None:
+    jobs = [job(loc, q) for loc in locations for q in ("what moves?", "colour of the sky")]
+    batched = engine.answer_batch(prepare(engine, jobs))
+    alone = [engine.answer_batch(prepare(engine, [j]))[0] for j in jobs]
+    assert [essentials(r) for r in batched] == [essentials(r) for r in alone]
+    assert {r.batch_size for r in batched} == {len(jobs)}
+    assert [r.video_id for r in batched] == [j.video_id for j in jobs]
+
+
+def test_different_settings_run_in_separate_forwards(engine: AnswerEngine, locations) -> None:
+    jobs = [
+        job(locations[0], "q1"),
+        job(locations[1], "q2", merge=MergeConfig(layer=1, keep_ratio=0.25)),
+        job(locations[2], "q3"),
+    ]
+    reports = engine.answer_batch(prepare(engine, jobs))
+    assert [r.batch_size for r in reports] == [2, 1, 2]
+    assert reports[1].merge.layer == 1
+
+
+def test_flops_figures_follow_the_token_counts(engine: AnswerEngine, locations) -> None:
+    (report,) = engine.answer_batch(prepare(engine, [job(locations[1], "what?")]))
+    info = engine.info
+    expected = flops_ratio(
+        info.num_layers,
+        info.hidden_size,
+        info.intermediate_size,
+        full_visual_tokens=report.original_visual,
+        visual_tokens=report.visual_in,
+        merge=MERGE,
+    )
+    assert report.flops.ratio_visual_only == pytest.approx(expected)
+    assert report.visual_after_merge == MERGE.kept_count(report.visual_in)
+    assert 0 < report.flops.ratio_visual_only < 1
+    assert 0 < report.flops.ratio_with_text < 1
+
+
+def test_stream_pieces_add_up_to_the_answer(engine: AnswerEngine, locations) -> None:
+    (prepared,) = prepare(engine, [job(locations[2], "describe it")])
+    items = list(engine.answer_stream(prepared))
+    *pieces, final = items
+    assert isinstance(final, AnswerReport) and all(isinstance(p, str) for p in pieces)
+    assert "".join(pieces) == final.text
+    (batched,) = engine.answer_batch([prepared])
+    assert essentials(batched) == essentials(final)
+
+
+def test_merge_layer_beyond_the_model_is_a_clear_error(engine: AnswerEngine, locations) -> None:
+    with pytest.raises(InvalidRequest, match="4 layers"):
+        prepare(engine, [job(locations[0], "q", merge=MergeConfig(layer=4))])
+
+
+def test_unreadable_token_set_names_the_video_not_the_path(
+    engine: AnswerEngine, locations, tmp_path: Path
+) -> None:
+    missing = dataclasses.replace(locations[0], file_url=str(tmp_path / "gone.parquet"))
+    with pytest.raises(ServingError) as error:
+        prepare(engine, [job(missing, "q")])
+    assert "v0" in error.value.message and str(tmp_path) not in error.value.message
