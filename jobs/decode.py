@@ -328,21 +328,28 @@ class DecoderProcess:
         return self._child.pid if self._child is not None else None
 
     def _request(self, path: str, settings: DecodeSettings) -> DecodedVideo:
-        child = self._running_child()
-        assert child.stdin is not None and child.stdout is not None
-        _send(child.stdin.fileno(), (path, settings))
-        try:
-            status, payload = _receive(child.stdout.fileno(), time.monotonic() + settings.timeout_s)
-        except TimeoutError:
-            self.close()
-            backend = "PyAV" if settings.backend == "pyav" else "decord"
-            raise DecodeTimeout(
-                f"decoding took longer than {settings.timeout_s:g} s ({backend})"
-            ) from None
-        except EOFError:
-            code = child.wait()
-            self._child = None
-            raise DecodeError(f"the decoder process died ({_describe_exit(code)})") from None
+        # A child that dies may have died of something else (killed between videos, out of
+        # memory); only a second death in a row, on a fresh child, is this video's doing.
+        for attempt in range(2):
+            child = self._running_child()
+            assert child.stdin is not None and child.stdout is not None
+            try:
+                _send(child.stdin.fileno(), (path, settings))
+                deadline = time.monotonic() + settings.timeout_s
+                status, payload = _receive(child.stdout.fileno(), deadline)
+                break
+            except TimeoutError:
+                self.close()
+                backend = "PyAV" if settings.backend == "pyav" else "decord"
+                raise DecodeTimeout(
+                    f"decoding took longer than {settings.timeout_s:g} s ({backend})"
+                ) from None
+            except (EOFError, BrokenPipeError):
+                code = child.wait()
+                self._child = None
+                if attempt == 1:
+                    reason = f"the decoder process died ({_describe_exit(code)})"
+                    raise DecodeError(reason) from None
         self._served += 1
         if self._served >= self.recycle_after:
             self.close()
