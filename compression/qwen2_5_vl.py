@@ -18,13 +18,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from compression.config import GenerationConfig, MergeConfig
 from compression.decoder_loop import GenerationRun, LanguageModelParts, PromptSequence
+from compression.preprocess import FramePreprocessing, as_frame_tensor, preprocess_frames
 from compression.token_set import TokenSet
-from compression.video_llm import Answer, EncodedVideo, Question
+from compression.video_llm import Answer, EncodedVideo, Question, grid_index
 
 # The CLIP statistics the Qwen2-VL image and video processors normalise with
 # (transformers' OPENAI_CLIP_MEAN / OPENAI_CLIP_STD).
@@ -114,8 +114,9 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
         raise ValueError(f"frames must have a positive size, got {height}x{width}")
     if max(height, width) / min(height, width) > 200:
         raise ValueError(f"aspect ratio must be below 200, got {height}x{width}")
-    target_h = max(factor, round(height / factor) * factor)
-    target_w = max(factor, round(width / factor) * factor)
+    # A side that rounds to 0 leaves the area below min_pixels: the growing branch fixes it.
+    target_h = round(height / factor) * factor
+    target_w = round(width / factor) * factor
     if target_h * target_w > max_pixels:
         shrink = math.sqrt(height * width / max_pixels)
         target_h = max(factor, math.floor(height / shrink / factor) * factor)
@@ -125,18 +126,6 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
         target_h = math.ceil(height * grow / factor) * factor
         target_w = math.ceil(width * grow / factor) * factor
     return target_h, target_w
-
-
-def as_frame_tensor(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Validate decoded frames (uint8 [F, H, W, 3]) and return them as a torch tensor."""
-    if isinstance(frames, np.ndarray):
-        frames = torch.from_numpy(np.ascontiguousarray(frames))
-    if not isinstance(frames, torch.Tensor):
-        raise TypeError(f"frames must be a numpy array or a torch tensor, got {type(frames)}")
-    shape = tuple(frames.shape)
-    if frames.dtype != torch.uint8 or len(shape) != 4 or shape[-1] != 3 or shape[0] < 1:
-        raise ValueError(f"frames must be uint8 [F, H, W, 3], F >= 1; got {frames.dtype} {shape}")
-    return frames
 
 
 def preprocess_video(
@@ -149,22 +138,19 @@ def preprocess_video(
     uint8 like torchvision does on uint8 input), rescale by 1/255, CLIP normalisation, an odd
     frame count padded by repeating the last frame, then the flat patch layout the ViT reads
     (temporal step, merged row, merged column, row in merge group, column in merge group)."""
-    video = as_frame_tensor(frames).to(device).permute(0, 3, 1, 2).float()  # [F, 3, H, W]
-    height, width = video.shape[-2:]
-    new_h, new_w = smart_resize(
-        height, width, settings.factor, settings.min_pixels, settings.max_pixels
+    video = as_frame_tensor(frames)
+    size = smart_resize(
+        video.shape[1], video.shape[2], settings.factor, settings.min_pixels, settings.max_pixels
     )
-    if (new_h, new_w) != (height, width):
-        video = F.interpolate(video, size=(new_h, new_w), mode="bicubic", antialias=True)
-        video = video.round().clamp(0, 255)
-    mean = torch.tensor(settings.image_mean, device=video.device).view(1, 3, 1, 1)
-    std = torch.tensor(settings.image_std, device=video.device).view(1, 3, 1, 1)
-    video = (video / 255.0 - mean) / std
+    fixed_size = FramePreprocessing(
+        size=size, resample=3, image_mean=settings.image_mean, image_std=settings.image_std
+    )
+    video = preprocess_frames(video, fixed_size, device)  # [F, 3, H', W'] normalised
 
     tp, p, m = settings.temporal_patch_size, settings.patch_size, settings.merge_size
     if pad := -video.shape[0] % tp:
         video = torch.cat([video, video[-1:].expand(pad, -1, -1, -1)])
-    grid_t, grid_h, grid_w = video.shape[0] // tp, new_h // p, new_w // p
+    grid_t, grid_h, grid_w = video.shape[0] // tp, size[0] // p, size[1] // p
     patches = video.reshape(grid_t, tp, 3, grid_h // m, m, p, grid_w // m, m, p)
     patches = patches.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
     return patches.reshape(grid_t * grid_h * grid_w, settings.patch_dim), (grid_t, grid_h, grid_w)
@@ -240,12 +226,6 @@ def prompt_position_ids(
     )
     suffix = torch.arange(text_start, text_start + suffix_len).expand(3, -1)
     return torch.cat([prefix, video, suffix], dim=1)
-
-
-def grid_index(grid: tuple[int, int, int]) -> torch.Tensor:
-    """(t, h, w) of every token of a grid, in original (frame-major, raster) order: [T*H*W, 3]."""
-    axes = [torch.arange(size, dtype=torch.int32) for size in grid]
-    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
 
 
 # --------------------------------------------------------------------------------------------

@@ -89,7 +89,10 @@ def test_defaults_are_the_video_processors() -> None:
     assert ours.patch_dim == 1176
 
 
-@pytest.mark.parametrize("height,width", [(56, 84), (100, 90), (30, 400), (1080, 1920), (7, 9)])
+SIZES = [(56, 84), (100, 90), (30, 400), (1080, 1920), (7, 9), (10, 1500)]
+
+
+@pytest.mark.parametrize("height,width", SIZES)
 @pytest.mark.parametrize("limits", [(56 * 56, 28 * 28 * 1280), (128 * 28 * 28, 768 * 28 * 28)])
 def test_smart_resize_matches_transformers(height: int, width: int, limits: tuple) -> None:
     assert smart_resize(height, width, 28, *limits) == hf_pil.smart_resize(
