@@ -303,9 +303,11 @@ def _to_table(ts: TokenSet) -> pa.Table:
     ts.validate()
     if not ts.model_id:
         raise ValueError("a token set needs a model_id to be stored (it keys the cache)")
-    video_id = validate_video_id(ts.video_id or video_id_for(ts.source_uri))
+    if not ts.video_id and not ts.source_uri:
+        raise ValueError("a token set needs a video_id, or a source_uri to derive it from")
     if ts.source_uri:
         validate_uri(ts.source_uri)
+    video_id = validate_video_id(ts.video_id or video_id_for(ts.source_uri))
     tokens = ts.tokens.detach().cpu().contiguous()
     arrays = _payload_arrays(
         tokens.view(torch.uint8).numpy().reshape(-1),

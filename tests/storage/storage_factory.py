@@ -1,0 +1,76 @@
+"""Random token sets for the storage tests (built directly: no compression algorithm involved)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from compression.config import CompressionConfig
+from compression.token_set import TokenSet
+
+
+def make_token_set(
+    seed: int = 0,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    kept: int = 12,
+    hidden: int = 16,
+    grid: tuple[int, int, int] = (4, 3, 3),
+    with_assignment: bool = True,
+    model_id: str = "test-model",
+    config: CompressionConfig | None = None,
+    uri: str | None = None,
+) -> TokenSet:
+    """A valid TokenSet with random tokens; bf16/fp16 tokens include NaN, inf and -0.0 so a
+    round trip that converts floats anywhere would not be bit-exact."""
+    g = torch.Generator().manual_seed(seed)
+    n = math.prod(grid)
+    flat = torch.randperm(n, generator=g)[:kept].sort().values
+    index = torch.stack(
+        [flat // (grid[1] * grid[2]), (flat // grid[2]) % grid[1], flat % grid[2]], dim=1
+    ).to(torch.int32)
+    tokens = torch.randn(kept, hidden, generator=g).to(dtype)
+    tokens[0, :3] = torch.tensor([float("nan"), float("inf"), -0.0], dtype=dtype)
+    assignment = None
+    if with_assignment:
+        assignment = torch.randint(-1, kept, (n,), generator=g, dtype=torch.int32)
+    uri = uri or f"s3://videos/clip-{seed}.mp4"
+    return TokenSet(
+        tokens=tokens,
+        index=index,
+        kind=torch.randint(0, 2, (kept,), generator=g, dtype=torch.int8),
+        size=torch.randint(1, 5, (kept,), generator=g, dtype=torch.int32),
+        grid=grid,
+        config=config or CompressionConfig(),
+        assignment=assignment,
+        model_id=model_id,
+        source_uri=uri,
+        content_hash=f"sha256:{seed:064x}",
+        frame_timestamps=tuple(0.5 * t + 0.1 for t in range(grid[0])),
+        extras={"seconds_per_grid_step": 1.0, "note": "x", "n": 3},
+    )
+
+
+def assert_same_token_set(a: TokenSet, b: TokenSet) -> None:
+    """Bit-exact equality of every tensor and every metadata field."""
+    assert a.tokens.dtype == b.tokens.dtype and a.tokens.shape == b.tokens.shape
+    as_bits = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
+    bits = as_bits[a.tokens.dtype]
+    assert torch.equal(a.tokens.view(bits), b.tokens.view(bits))
+    for name in ("index", "kind", "size"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype and torch.equal(x, y), name
+    assert (a.assignment is None) == (b.assignment is None)
+    if a.assignment is not None:
+        assert torch.equal(a.assignment, b.assignment)
+    for name in (
+        "grid",
+        "config",
+        "model_id",
+        "source_uri",
+        "content_hash",
+        "frame_timestamps",
+        "extras",
+    ):
+        assert getattr(a, name) == getattr(b, name), name

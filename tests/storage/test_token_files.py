@@ -1,0 +1,257 @@
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta, timezone
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from storage_factory import assert_same_token_set, make_token_set
+
+from compression.config import CompressionConfig
+from storage import token_files
+from storage.ids import video_id_for
+from storage.token_files import (
+    SCHEMA_VERSION,
+    TokenSetReadError,
+    collect_orphan_files,
+    read_token_set,
+    write_token_sets,
+)
+from storage.urls import filesystem_for
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+class CountingFileSystem:
+    """Wraps an fsspec filesystem, counts the bytes its reads return, and exposes nothing but
+    `cat_file`: a read through any other method fails the test instead of going uncounted."""
+
+    def __init__(self, fs) -> None:
+        self._fs = fs
+        self.bytes_read = 0
+        self.calls = 0
+
+    def cat_file(self, path, start=None, end=None, **kwargs):
+        data = self._fs.cat_file(path, start=start, end=end, **kwargs)
+        self.bytes_read += len(data)
+        self.calls += 1
+        return data
+
+
+def count_reads(monkeypatch: pytest.MonkeyPatch) -> list[CountingFileSystem]:
+    """From now on, wrap every filesystem the reader opens to count its bytes."""
+    opened: list[CountingFileSystem] = []
+
+    def counting_filesystem_for(url: str):
+        fs, path = filesystem_for(url)
+        opened.append(CountingFileSystem(fs))
+        return opened[-1], path
+
+    monkeypatch.setattr(token_files, "filesystem_for", counting_filesystem_for)
+    return opened
+
+
+def _s3_store(bucket: str) -> str:
+    return f"s3://{bucket}/prefix/store"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_round_trip_local_is_bit_exact(tmp_path, dtype: torch.dtype) -> None:
+    sets = [
+        make_token_set(0, dtype=dtype),
+        make_token_set(1, dtype=dtype, with_assignment=False, kept=1, hidden=3),
+        make_token_set(2, dtype=dtype, config=CompressionConfig(retention_ratio=0.1, tau=0.5)),
+    ]
+    locations = write_token_sets(str(tmp_path), sets)
+    assert len({loc.file_url for loc in locations}) == 1
+    assert [loc.row_group for loc in locations] == [0, 1, 2]
+    for original, location in zip(sets, locations, strict=True):
+        assert location.video_id == video_id_for(original.source_uri)
+        loaded = read_token_set(
+            location,
+            expected_config_hash=original.config_hash,
+            expected_model_id=original.model_id,
+        )
+        assert_same_token_set(original, loaded)
+        assert loaded.video_id == location.video_id
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_round_trip_s3_is_bit_exact(s3_bucket: str, dtype: torch.dtype) -> None:
+    sets = [make_token_set(seed, dtype=dtype) for seed in range(3)]
+    locations = write_token_sets(_s3_store(s3_bucket), sets)
+    assert locations[0].file_url.startswith(f"s3://{s3_bucket}/prefix/store/tokensets/")
+    for original, location in zip(sets, locations, strict=True):
+        assert_same_token_set(original, read_token_set(location))
+
+
+def test_file_is_plain_parquet_with_versioned_schema(tmp_path) -> None:
+    sets = [make_token_set(seed) for seed in range(4)]
+    locations = write_token_sets(str(tmp_path), sets)
+    parquet = pq.ParquetFile(locations[0].file_url)
+    assert parquet.metadata.num_row_groups == 4
+    assert parquet.metadata.metadata[b"tokenreel.schema_version"] == str(SCHEMA_VERSION).encode()
+    table = parquet.read()
+    assert table.column("schema_version").to_pylist() == [SCHEMA_VERSION] * 4
+    assert table.column("video_id").to_pylist() == [loc.video_id for loc in locations]
+    assert table.column("dtype").to_pylist() == ["bfloat16"] * 4
+    assert table.column("assignment").null_count == 0
+    # The location's range is exactly the row group's column chunks.
+    group = parquet.metadata.row_group(2)
+    assert locations[2].offset == min(
+        group.column(j).data_page_offset for j in range(group.num_columns)
+    )
+
+
+def _many_token_sets(count: int) -> list:
+    return [make_token_set(seed, kept=64, hidden=256, grid=(8, 6, 6)) for seed in range(count)]
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_loading_one_token_set_reads_only_its_own_bytes(
+    request: pytest.FixtureRequest, tmp_path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    store = str(tmp_path) if where == "local" else _s3_store(request.getfixturevalue("s3_bucket"))
+    sets = _many_token_sets(24)
+    locations = write_token_sets(store, sets)
+    fs, path = filesystem_for(locations[0].file_url)
+    file_size = fs.size(path)
+    counting = count_reads(monkeypatch)
+    for i in (0, 11, 23):
+        counting.clear()
+        assert_same_token_set(sets[i], read_token_set(locations[i]))
+        read = sum(c.bytes_read for c in counting)
+        assert sum(c.calls for c in counting) == 1
+        assert read <= 2 * sets[i].nbytes, (read, sets[i].nbytes)
+        assert read * 10 < file_size  # and not the whole file, footer included
+
+
+def test_expected_model_and_config_are_enforced(tmp_path) -> None:
+    ts = make_token_set(0)
+    (location,) = write_token_sets(str(tmp_path), [ts])
+    with pytest.raises(TokenSetReadError, match="expected 'other-model'") as info:
+        read_token_set(location, expected_model_id="other-model")
+    assert info.value.file_url == location.file_url
+    with pytest.raises(TokenSetReadError, match="config hash"):
+        read_token_set(location, expected_config_hash=CompressionConfig(tau=0.1).stable_hash())
+    # A location that lies about what the row holds is caught by the row itself.
+    forged = token_files.TokenSetLocation(**{**location.__dict__, "model_id": "other-model"})
+    with pytest.raises(TokenSetReadError, match="model_id='test-model'"):
+        read_token_set(forged, expected_model_id="other-model")
+
+
+def test_truncated_file_is_a_clear_error(tmp_path) -> None:
+    locations = write_token_sets(str(tmp_path), [make_token_set(s) for s in range(3)])
+    path = locations[0].file_url
+    with open(path, "r+b") as f:
+        f.truncate(locations[2].offset + locations[2].length // 2)
+    with pytest.raises(TokenSetReadError, match="truncated") as info:
+        read_token_set(locations[2])
+    assert path in str(info.value)
+    with pytest.raises(Exception, match=r"(?i)parquet|footer|magic"):
+        pq.read_table(path)  # and it is no longer a Parquet file for anyone
+
+
+def test_corrupt_token_bytes_fail_the_checksum(tmp_path) -> None:
+    ts = make_token_set(0, hidden=64)
+    (location,) = write_token_sets(str(tmp_path), [ts])
+    with open(location.file_url, "rb") as f:
+        raw = f.read()
+    token_bytes = ts.tokens.contiguous().view(torch.uint8).numpy().tobytes()
+    at = raw.index(token_bytes) + 100
+    with open(location.file_url, "r+b") as f:
+        f.seek(at)
+        f.write(bytes([raw[at] ^ 0x01]))
+    with pytest.raises(TokenSetReadError, match="checksum"):
+        read_token_set(location)
+
+
+def test_corrupt_metadata_bytes_are_a_clear_error(tmp_path) -> None:
+    (location,) = write_token_sets(str(tmp_path), [make_token_set(0)])
+    with open(location.file_url, "r+b") as f:
+        f.seek(location.offset)
+        f.write(b"\xff" * 64)  # smash the first page header
+    with pytest.raises(TokenSetReadError, match="corrupt row group"):
+        read_token_set(location)
+
+
+def test_unsupported_schema_version_is_refused(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(token_files, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    (location,) = write_token_sets(str(tmp_path), [make_token_set(0)])
+    monkeypatch.setattr(token_files, "SCHEMA_VERSION", SCHEMA_VERSION)
+    with pytest.raises(TokenSetReadError, match=f"schema version.*reads {SCHEMA_VERSION}"):
+        read_token_set(location)
+
+
+def test_missing_file_is_a_clear_error(tmp_path) -> None:
+    (location,) = write_token_sets(str(tmp_path), [make_token_set(0)])
+    os.unlink(location.file_url)
+    with pytest.raises(TokenSetReadError, match="file not found"):
+        read_token_set(location)
+
+
+def test_invalid_token_sets_are_refused_before_writing(tmp_path) -> None:
+    with pytest.raises(ValueError, match="invalid video id"):
+        write_token_sets(str(tmp_path), [make_token_set(0).with_metadata(video_id="../x")])
+    with pytest.raises(ValueError, match="model_id"):
+        write_token_sets(str(tmp_path), [make_token_set(0, model_id="")])
+    with pytest.raises(ValueError, match="video_id"):
+        write_token_sets(str(tmp_path), [make_token_set(0).with_metadata(source_uri="")])
+    with pytest.raises(ValueError, match="at least one"):
+        write_token_sets(str(tmp_path), [])
+    assert not (tmp_path / "tokensets").exists()
+
+
+def test_failed_write_leaves_nothing(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def failing_write_table(self, table, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return original(self, table, *args, **kwargs)
+
+    original = pq.ParquetWriter.write_table
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", failing_write_table)
+    with pytest.raises(OSError, match="disk full"):
+        write_token_sets(str(tmp_path), [make_token_set(s) for s in range(3)])
+    assert os.listdir(tmp_path / "tokensets") == []
+
+
+def _file_name(age: timedelta, *, partial: bool = False) -> str:
+    stamp = datetime.now(timezone.utc) - age
+    name = f"{stamp:%Y%m%dT%H%M%SZ}-{os.urandom(16).hex()}.parquet"
+    return f".{name}.partial" if partial else name
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_orphan_files_are_collected(request: pytest.FixtureRequest, tmp_path, where: str) -> None:
+    store = str(tmp_path) if where == "local" else _s3_store(request.getfixturevalue("s3_bucket"))
+    kept = write_token_sets(store, [make_token_set(0)])[0].file_url
+    fs, root = filesystem_for(store)
+    directory = f"{root}/tokensets"
+    names = {
+        "old_orphan": _file_name(timedelta(days=2)),
+        "old_partial": _file_name(timedelta(days=2), partial=True),
+        "young_orphan": _file_name(timedelta(minutes=1)),
+        "foreign": "notes.txt",
+    }
+    for name in names.values():
+        fs.pipe_file(f"{directory}/{name}", b"x")
+    referenced = {kept}
+    dry = collect_orphan_files(store, referenced, older_than=timedelta(hours=1), dry_run=True)
+    removed = collect_orphan_files(store, referenced, older_than=timedelta(hours=1))
+    assert dry == removed
+    assert sorted(os.path.basename(url) for url in removed) == sorted(
+        [names["old_orphan"], names["old_partial"]]
+    )
+    fs.invalidate_cache()
+    left = {os.path.basename(p) for p in fs.ls(directory, detail=False)}
+    assert left == {os.path.basename(kept), names["young_orphan"], names["foreign"]}
+    # With no catalog reference and no age limit, the real token-set file goes too.
+    removed = collect_orphan_files(store, set(), older_than=timedelta(0))
+    assert {os.path.basename(url) for url in removed} == {
+        os.path.basename(kept),
+        names["young_orphan"],
+    }
