@@ -8,6 +8,7 @@ import ast
 import dataclasses
 import inspect
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -363,3 +364,27 @@ def test_foreign_token_sets_are_rejected(llm: Qwen2_5_VL, short) -> None:
     foreign = short[1].with_metadata(model_id="another-model")
     with pytest.raises(ValueError, match="encoded by"):
         llm.answer([Question(foreign, "what ?")])
+
+
+def test_checkpoint_directory_loads_through_load_video_llm(llm: Qwen2_5_VL, tmp_path) -> None:
+    """The real `from_pretrained` path: a saved checkpoint (weights, tokenizer with its chat
+    template, video processor settings) dispatched on model_type gives the same model."""
+    from compression.video_llm import load_video_llm
+
+    llm.model.save_pretrained(tmp_path)
+    llm.tokenizer.save_pretrained(tmp_path)
+    settings = {"size": {"shortest_edge": 56 * 56, "longest_edge": 112 * 112}, "merge_size": 2}
+    (tmp_path / "video_preprocessor_config.json").write_text(json.dumps(settings))
+    loaded = load_video_llm(str(tmp_path))
+    assert isinstance(loaded, Qwen2_5_VL) and loaded.model_id == str(tmp_path)
+    assert loaded.preprocessing == llm.preprocessing
+    assert loaded.model.config._attn_implementation == "sdpa"
+    video = frames(2, seed=9)
+    ours, theirs = llm.encode(video), loaded.encode(video)
+    torch.testing.assert_close(theirs.tokens, ours.tokens, rtol=0, atol=0)
+    token_set = compress_video(ours, CompressionConfig(method="full"))
+    question = Question(token_set, "what is it ?")
+    assert loaded.prompt_ids(question) == llm.prompt_ids(question)
+    generation = GenerationConfig(max_new_tokens=4)
+    expected = llm.answer([question], NONE, generation)[0].token_ids
+    assert loaded.answer([question], NONE, generation)[0].token_ids == expected
