@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pytest depends on tomli there
+    import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"
@@ -16,6 +23,18 @@ KUSTOMIZATIONS = {
 }
 
 Manifest = dict[str, Any]
+
+
+@functools.cache
+def pyproject() -> dict[str, Any]:
+    """The parsed pyproject.toml of the repository."""
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def ray_pin() -> str:
+    """The Ray version pyproject.toml pins (`ray[...]==X.Y.Z`)."""
+    (ray,) = [d for d in pyproject()["project"]["dependencies"] if re.match(r"ray(\[|==)", d)]
+    return ray.split("==")[1]
 
 
 def one(objects: list[Manifest], kind: str) -> Manifest:

@@ -7,8 +7,17 @@ import re
 import shlex
 
 import pytest
-import tomllib
-from ray_manifests import INFRA, REPO, Manifest, cluster_spec, gpus, one, pod_specs, worker_group
+import yaml
+from ray_manifests import (
+    INFRA,
+    Manifest,
+    cluster_spec,
+    gpus,
+    one,
+    pod_specs,
+    ray_pin,
+    worker_group,
+)
 
 # Secrets the manifests expect to exist; created out of band as infra/DEPLOY.md describes.
 EXTERNAL_SECRETS = {"tokenreel-storage", "tokenreel-api"}
@@ -27,12 +36,6 @@ def _containers(obj: Manifest):
 
 def _ray_objects(objects: list[Manifest]) -> list[Manifest]:
     return [o for o in objects if o["kind"] in {"RayJob", "RayService"}]
-
-
-def _pinned_ray_version() -> str:
-    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    (ray,) = [d for d in dependencies if re.match(r"ray(\[|=)", d)]
-    return ray.split("==")[1]
 
 
 def test_config_and_secret_references_resolve(overlay: tuple[str, list[Manifest]]) -> None:
@@ -98,7 +101,7 @@ def test_one_image_and_ray_version_everywhere(overlay: tuple[str, list[Manifest]
     images = {c["image"] for obj in _ray_objects(objects) for _, _, c in _containers(obj)}
     assert len(images) == 1, images
     for obj in _ray_objects(objects):
-        assert cluster_spec(obj)["rayVersion"] == _pinned_ray_version()
+        assert cluster_spec(obj)["rayVersion"] == ray_pin()
 
 
 def test_model_cache_is_mounted_at_hf_home(overlay: tuple[str, list[Manifest]]) -> None:
@@ -162,8 +165,6 @@ def test_gpu_settings_agree(rendered: dict, name: str) -> None:
     gpus_needed = _flag(argv, "--workers") * _flag(argv, "--gpus-per-worker")
     assert gpus_needed <= encode["maxReplicas"] * encode_gpus
     assert (_flag(argv, "--gpus-per-worker") > 0) == (encode_gpus > 0)
-
-    import yaml
 
     (app,) = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
     qa = worker_group(service, "qa")
