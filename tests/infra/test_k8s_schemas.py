@@ -7,6 +7,8 @@ names, malformed quantities, duplicate list keys, CEL-guarded fields it cannot c
 from __future__ import annotations
 
 import copy
+import hashlib
+import re
 
 import pytest
 from core_schemas import core_validator, metadata_validator
@@ -27,6 +29,17 @@ def test_crds_are_the_v1_7_0_set() -> None:
     assert {("ray.io/v1", kind) for kind in ("RayCluster", "RayJob", "RayService")} <= set(
         crd_validators(CRD_DIR)
     )
+
+
+def test_vendored_crds_are_unmodified() -> None:
+    # SOURCE.md records the sha256 of the upstream files: a hand-edited schema could hide errors.
+    source = (CRD_DIR / "SOURCE.md").read_text()
+    recorded = {
+        name: digest for digest, name in re.findall(r"([0-9a-f]{64})\s+(\S+\.yaml)", source)
+    }
+    assert sorted(recorded) == sorted(p.name for p in CRD_DIR.glob("*.yaml"))
+    for name, digest in recorded.items():
+        assert hashlib.sha256((CRD_DIR / name).read_bytes()).hexdigest() == digest, name
 
 
 def test_every_object_validates(overlay: tuple[str, list[Manifest]]) -> None:
