@@ -258,13 +258,14 @@ class ContributionScoreHook:
     exact input of q/k; the two are the same layer.
     """
 
-    def __init__(self, attention: nn.Module) -> None:
+    def __init__(self, attention: nn.Module, chunk: int = 1024) -> None:
         from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
             apply_rotary_pos_emb_vision,
         )
 
         self._rotate = apply_rotary_pos_emb_vision
         self._attention = attention
+        self._chunk = chunk
         self.patch_scores: torch.Tensor | None = None
         self.seconds = 0.0
 
@@ -288,7 +289,7 @@ class ContributionScoreHook:
         bounds = cu_seqlens.tolist()
         self.patch_scores = torch.cat(
             [
-                segment_column_means(query[:, a:b], key[:, a:b], module.scaling)
+                segment_column_means(query[:, a:b], key[:, a:b], module.scaling, self._chunk)
                 for a, b in itertools.pairwise(bounds)
             ]
         )
@@ -328,7 +329,8 @@ class Qwen2_5_VL:
         score_chunk: int = 1024,
     ) -> None:
         """model: a `Qwen2_5_VLForConditionalGeneration` in eval mode, on its device and dtype;
-        tokenizer: its tokenizer (with the chat template); model_id: stored in token sets."""
+        tokenizer: its tokenizer (with the chat template); model_id: stored in token sets;
+        score_chunk: queries per softmax chunk of the contribution scores (bounds their memory)."""
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.model_id = model_id
@@ -426,7 +428,7 @@ class Qwen2_5_VL:
             grids.append(grid)
         grid_thw = torch.tensor(grids, dtype=torch.long, device=self.device)
         vision = self.model.config.vision_config
-        with ContributionScoreHook(self._score_block.attn) as hook:
+        with ContributionScoreHook(self._score_block.attn, self.score_chunk) as hook:
             features = self.model.model.get_video_features(
                 torch.cat(pixels).to(self.dtype), grid_thw
             ).pooler_output

@@ -212,6 +212,8 @@ def test_scores_equal_an_eager_reference(llm: Qwen2_5_VL, count: int, size: tupl
         encoded.scores, eager_reference_scores(llm, video), rtol=0, atol=1e-6
     )
     assert encoded.scores.std() > 0.1 * encoded.scores.mean()  # not uniform: the test can fail
+    chunked = Qwen2_5_VL(llm.model, llm.tokenizer, llm.model_id, llm.preprocessing, score_chunk=7)
+    torch.testing.assert_close(chunked.encode(video).scores, encoded.scores, rtol=0, atol=1e-7)
 
 
 def test_encode_batch_equals_one_by_one(llm: Qwen2_5_VL) -> None:
