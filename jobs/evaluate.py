@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections import defaultdict
+import time
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -347,3 +348,195 @@ def write_predictions(path: Path, predictions: Sequence[Prediction]) -> None:
         for p in predictions:
             record = {**p.__dict__, "correct": p.correct}
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+class BenchmarkTokenSets:
+    """The token sets of the benchmark videos under each outer config of the sweep.
+
+    `prepare` finds them in the catalog or indexes the missing ones in this process (each video
+    decoded and encoded once, then compressed under every missing config, written to the store
+    in one file and recorded in the catalog like the indexing job's). A cached token set counts
+    only if it was sampled with the run's frame count: the config hash does not include it.
+    `get` loads one back (a small LRU keeps the sets of the current batch).
+    """
+
+    def __init__(self, llm, store_url: str, catalog, settings: EvalSettings) -> None:
+        self.llm = llm
+        self.store_url = store_url
+        self.catalog = catalog
+        self.settings = settings
+        self.failed: dict[str, str] = {}
+        self.indexed = 0
+        self.reused = 0
+        self._locations: dict[tuple[str, str], object] = {}
+        self._loaded: OrderedDict[tuple[str, str], object] = OrderedDict()
+
+    def prepare(
+        self,
+        uris: Sequence[str],
+        configs: Sequence[CompressionConfig],
+        progress: Callable[[str], None] = lambda message: None,
+    ) -> None:
+        for n, uri in enumerate(uris, start=1):
+            missing = [c for c in configs if not self._reuse(uri, c)]
+            if missing:
+                progress(f"indexing {n}/{len(uris)}: {uri} under {len(missing)} configs")
+                self._index(uri, missing)
+
+    def get(self, uri: str, config: CompressionConfig):
+        from storage.token_files import read_token_set
+
+        key = (uri, config.stable_hash())
+        if key not in self._loaded:
+            self._loaded[key] = read_token_set(
+                self._locations[key],
+                expected_config_hash=key[1],
+                expected_model_id=self.llm.model_id,
+            )
+            while len(self._loaded) > self.settings.batch_size + 1:
+                self._loaded.popitem(last=False)
+        self._loaded.move_to_end(key)
+        return self._loaded[key]
+
+    def _reuse(self, uri: str, config: CompressionConfig) -> bool:
+        from storage.ids import video_id_for
+        from storage.token_files import TokenSetReadError, read_token_set
+
+        config_hash = config.stable_hash()
+        location = self.catalog.locate(video_id_for(uri), self.llm.model_id, config_hash)
+        if location is None:
+            return False
+        try:
+            token_set = read_token_set(
+                location, expected_config_hash=config_hash, expected_model_id=self.llm.model_id
+            )
+        except TokenSetReadError:
+            return False  # a lost or damaged file: index again
+        if token_set.frame_count != self.settings.frames:
+            return False
+        self._locations[(uri, config_hash)] = location
+        self.reused += 1
+        return True
+
+    def _index(self, uri: str, configs: Sequence[CompressionConfig]) -> None:
+        from compression.outer_stage import compress_video
+        from jobs.decode import DecodeError, DecodeSettings, shared_decoder
+        from jobs.sources import local_copy
+        from storage.catalog import IndexedVideo
+        from storage.ids import video_id_for
+        from storage.token_files import write_token_sets
+
+        started = time.perf_counter()
+        decode = DecodeSettings(
+            num_frames=self.settings.frames,
+            frame_size=self.settings.frame_size,
+            timeout_s=self.settings.decode_timeout_s,
+        )
+        try:
+            with local_copy(uri) as copy:
+                decoded = shared_decoder().decode(copy.path, decode)
+        except (DecodeError, OSError) as exc:
+            self.failed[uri] = str(exc)
+            for config in configs:
+                self.catalog.record_failed(
+                    uri, self.llm.model_id, config.stable_hash(), str(exc),
+                    duration_s=time.perf_counter() - started,
+                )  # fmt: skip
+            return
+        encoded = self.llm.encode(decoded.frames, decoded.timestamps)
+        metadata = {
+            "model_id": self.llm.model_id,
+            "video_id": video_id_for(uri),
+            "source_uri": uri,
+            "content_hash": copy.content_hash,
+        }
+        token_sets = [compress_video(encoded, c).with_metadata(**metadata) for c in configs]
+        locations = write_token_sets(self.store_url, token_sets)
+        seconds = time.perf_counter() - started
+        self.catalog.record_indexed(
+            [
+                IndexedVideo.of(ts, loc, seconds)
+                for ts, loc in zip(token_sets, locations, strict=True)
+            ]
+        )
+        for config, location in zip(configs, locations, strict=True):
+            self._locations[(uri, config.stable_hash())] = location
+        self.indexed += len(configs)
+
+
+def unique_configs(entries: Sequence[SweepEntry]) -> list[CompressionConfig]:
+    """The outer configs of the sweep, each once (full and FastV, ours and w/o M share)."""
+    return list({e.outer.stable_hash(): e.outer for e in entries}.values())
+
+
+def run_evaluation(
+    benchmarks: Sequence[Benchmark],
+    llm,
+    entries: Sequence[SweepEntry],
+    settings: EvalSettings,
+    *,
+    store_url: str,
+    catalog,
+    out_dir: str | Path,
+    progress: Callable[[str], None] = lambda message: None,
+) -> EvalResult:
+    """Index what is missing, ask every question under every row, write the report."""
+    from jobs.report import write_report
+    from jobs.sources import normalize_uri
+
+    items = [item for bench in benchmarks for item in bench.items]
+    if not items:
+        raise ValueError("the benchmarks hold no question with a video to evaluate")
+    uri_of = {item.video: normalize_uri(str(item.video)) for item in items}
+    token_sets = BenchmarkTokenSets(llm, store_url, catalog, settings)
+    token_sets.prepare(list(dict.fromkeys(uri_of.values())), unique_configs(entries), progress)
+    usable = [item for item in items if uri_of[item.video] not in token_sets.failed]
+    predictions = ask_sweep(
+        llm,
+        entries,
+        usable,
+        lambda item, config: token_sets.get(uri_of[item.video], config),
+        settings,
+        progress,
+    )
+    rows, tasks = summarise(entries, benchmarks, predictions)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_predictions(out / "predictions.jsonl", predictions)
+    paths = write_report(
+        out,
+        rows,
+        [b.display_name for b in benchmarks],
+        tasks,
+        title=f"tokenreel eval: {llm.model_id}",
+        notes=_report_notes(benchmarks, entries, settings, token_sets, usable),
+    )
+    paths["predictions"] = out / "predictions.jsonl"
+    return EvalResult(rows, tasks, predictions, dict(token_sets.failed), paths)
+
+
+def _report_notes(
+    benchmarks: Sequence[Benchmark],
+    entries: Sequence[SweepEntry],
+    settings: EvalSettings,
+    token_sets: BenchmarkTokenSets,
+    usable: Sequence[MultipleChoiceItem],
+) -> list[str]:
+    merge = next((e.merge for e in entries if e.merge.active), None)
+    notes = [
+        f"{settings.frames} frames per video; greedy answers of at most "
+        f"{settings.max_new_tokens} tokens; batch size {settings.batch_size}",
+        "questions per benchmark: "
+        + ", ".join(
+            f"{b.display_name} {sum(i.benchmark == b.name for i in usable)}"
+            f" (skipped records: {len(b.skipped)})"
+            for b in benchmarks
+        ),
+        f"token sets: {token_sets.reused} reused from the store, {token_sets.indexed} indexed; "
+        f"videos that failed to decode: {len(token_sets.failed)}",
+        "FLOPs: Eq. S3 with 100 generated tokens, mean per question; TFLOPs counts visual "
+        "tokens only (the paper's convention), the next column the text tokens too",
+    ]
+    if merge is not None:
+        notes.append(f"in-LLM merge at layer K = {merge.layer}, lambda = {merge.lam}")
+    return notes

@@ -101,3 +101,108 @@ def test_scores_per_benchmark_mlvu_as_task_mean_and_flops() -> None:
 
     assert row.tflops == pytest.approx((layer(10) + layer(5)) / 1e12)
     assert row.tflops_with_text == pytest.approx((layer(20) + layer(15)) / 1e12)
+
+
+# -- a whole run on a tiny synthetic benchmark ----------------------------------------------------
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+FRAMES = 8  # tiny LLaVA-OV: 3 x 3 tokens per frame, so N = 72 per video
+
+
+def _videomme_benchmark(root: Path) -> Path:
+    """VideoMME's published layout: videomme/test-*.parquet, videos in data/<videoID>.mp4.
+    Each video is one solid colour; its questions ask for that colour (two for the first video,
+    so a batch of two holds questions about one video or about two)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jobs.sample_videos import make_corrupt_video, write_video
+
+    (root / "data").mkdir(parents=True)
+    rows = []
+    options = ["A. red", "B. green", "C. blue", "D. black"]
+    for n, (name, rgb) in enumerate(COLOURS.items()):
+        write_video(root / "data" / f"{name}.mp4", np.full((FRAMES, 64, 64, 3), rgb, np.uint8))
+        questions = ["What colour fills the video?", "Which colour is shown?"][: 2 - min(n, 1)]
+        for k, question in enumerate(questions):
+            rows.append({"videoID": name, "question_id": f"{n:03d}-{k}", "duration": "short",
+                         "task_type": "Attribute Perception", "question": question,
+                         "options": options, "answer": "ABC"[n]})  # fmt: skip
+    make_corrupt_video(root / "data" / "broken.mp4")
+    rows.append({"videoID": "broken", "question_id": "999-0", "duration": "long",
+                 "task_type": "Attribute Perception", "question": "Which colour?",
+                 "options": options, "answer": "D"})  # fmt: skip
+    (root / "videomme").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), root / "videomme" / "test-00000-of-00001.parquet")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_llm():
+    from compression.video_llm import load_video_llm
+
+    return load_video_llm("tiny-llava-ov")
+
+
+@pytest.mark.slow
+def test_sweep_on_a_tiny_benchmark_writes_the_report(tmp_path: Path, tiny_llm) -> None:
+    import csv
+    import json
+
+    from jobs.benchmarks import load_benchmark
+    from jobs.evaluate import BenchmarkTokenSets, EvalSettings, run_evaluation, unique_configs
+    from storage.catalog import Catalog
+
+    bench = load_benchmark("videomme", _videomme_benchmark(tmp_path / "Video-MME"))
+    assert len(bench.items) == 5
+    methods = ["full", "fastv", "ours_no_merge", "ours"]
+    entries = build_sweep(methods, [0.5, 0.25], merge_layer=default_merge_layer(4))
+    settings = EvalSettings(frames=FRAMES, batch_size=2, max_new_tokens=4)
+    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    store = str(tmp_path / "store")
+    result = run_evaluation(
+        [bench], tiny_llm, entries, settings, store_url=store, catalog=catalog,
+        out_dir=tmp_path / "report",
+    )  # fmt: skip
+
+    # The corrupt video failed to decode; its question is left out of every row.
+    assert list(result.failed_videos) == [str(tmp_path / "Video-MME" / "data" / "broken.mp4")]
+    assert len(result.predictions) == len(entries) * 4
+
+    # Each row asked over the token sets and merge its label says.
+    n = FRAMES * 9
+    expected = {  # row -> (visual tokens entering the LLM, left after layer K)
+        "full@1": (n, n),
+        "fastv@0.5": (n, n // 2),
+        "fastv@0.25": (n, n // 4),
+        "ours_no_merge@0.5": (n // 2, n // 2),
+        "ours@0.5": (n // 2, n // 4),
+        "ours@0.25": (n // 4, n // 8),
+    }
+    seen = {(p.row, p.visual_tokens_in, p.visual_tokens_after_merge) for p in result.predictions}
+    for row, (entering, after) in expected.items():
+        assert (row, entering, after) in seen
+
+    # Report files and their structure (Table S2's columns; one line per sweep row).
+    with result.paths["csv"].open(newline="") as f:
+        cells = list(csv.reader(f))
+    assert cells[0] == ["Method", "Retention Ratio", "VideoMME", "Avg.", "%", "TFLOPs",
+                        "TFLOPs (w/ text)"]  # fmt: skip
+    assert [c[:2] for c in cells[1:]] == [[e.label, e.retention] for e in entries]
+    # The full model is 100% of itself (undefined when a random tiny model scores 0).
+    assert cells[1][4] == ("-" if cells[1][3] == "0.0" else "100.0")
+    flops = {e.key: float(c[5]) for e, c in zip(entries, cells[1:], strict=True)}
+    assert flops["ours@0.25"] < flops["ours_no_merge@0.25"] < flops["full@1"]
+    assert flops["fastv@0.25"] < flops["full@1"]
+    markdown = result.paths["markdown"].read_text()
+    assert "| Ours | 25%/12.5% |" in markdown and "| FastV | 100%/50% |" in markdown
+    assert result.paths["plot"].stat().st_size > 0
+    lines = result.paths["predictions"].read_text().splitlines()
+    assert len(lines) == len(result.predictions)
+    assert {"row", "response", "choice", "correct"} <= set(json.loads(lines[0]))
+
+    # A second run finds every token set in the store instead of indexing again.
+    again = BenchmarkTokenSets(tiny_llm, store, catalog, settings)
+    uris = sorted({str(i.video) for i in bench.items} - set(result.failed_videos))
+    again.prepare(uris, unique_configs(entries))
+    assert (again.reused, again.indexed) == (len(uris) * len(unique_configs(entries)), 0)
