@@ -20,7 +20,8 @@ Why the tokens are one binary value rather than a list<uint16>: it holds every f
 needs 4 bytes), it is bit-exact by construction (no float is ever decoded, NaN payloads and -0.0
 survive), and it decodes with one memcpy instead of per-element repetition levels. It is stored
 uncompressed: model activations barely compress, and the row group's size then tracks the token
-set's own size.
+set's own size. Parquet's pages are read with one thread: a row group is small, and a thread pool
+costs more than it saves.
 
 Loading one token set reads only its own bytes. A location carries the row group's byte range and
 the Parquet footer of that row group alone (as written by encoding the same row into a standalone
@@ -114,7 +115,9 @@ SCHEMA = pa.schema(
 # One set of writer settings for the file and for the standalone encodings whose footers the
 # locations carry: the column chunks must come out byte-identical in both.
 _WRITER_OPTIONS: dict[str, Any] = {
-    "compression": {name: "none" if name == "tokens" else "zstd" for name in SCHEMA.names},
+    # Snappy for the small columns: decoding them is most of a load's CPU time, and zstd's
+    # few hundred bytes saved per row group cost more time than they save in transfer.
+    "compression": {name: "none" if name == "tokens" else "snappy" for name in SCHEMA.names},
     "use_dictionary": False,  # one value per row group: a dictionary only adds a page
     "write_statistics": ["video_id"],  # lets plain Parquet tools find a video's row group
     "store_schema": False,  # SCHEMA (versioned) is the contract, not an embedded Arrow schema
@@ -435,7 +438,7 @@ def _read_row_group(location: TokenSetLocation) -> pa.Table:
     footer_length = len(location.footer).to_bytes(4, "little")
     standalone = b"".join((PARQUET_MAGIC, data, location.footer, footer_length, PARQUET_MAGIC))
     try:
-        table = pq.ParquetFile(pa.BufferReader(standalone)).read()
+        table = pq.ParquetFile(pa.BufferReader(standalone)).read(use_threads=False)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise TokenSetReadError(url, f"corrupt row group {location.row_group}: {exc}") from exc
     if table.num_rows != 1 or table.schema.names != SCHEMA.names:
