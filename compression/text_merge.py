@@ -166,6 +166,10 @@ def merge_into_kept(tokens: torch.Tensor, sizes: torch.Tensor, kept: torch.Tenso
     total = torch.zeros(len(kept), dtype=torch.float32, device=tokens.device)
     total.scatter_add_(0, target, weights)
     merged = (summed / total[:, None]).to(tokens.dtype)
+    # A kept token that absorbed nothing stays bit-identical (size * x / size may round).
+    absorbed = torch.zeros(len(kept), dtype=torch.bool, device=tokens.device)
+    absorbed[target[dropped]] = True
+    merged = torch.where(absorbed[:, None], merged, tokens[kept])
     return MergedTokens(tokens=merged, sizes=total.round().to(sizes.dtype), target=target)
 
 

@@ -1,0 +1,235 @@
+"""text_merge against slow plain-loop references (METHOD.md section 5), and the recomputed
+attention against the decoder layer's own eager attention weights."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from single_thread import single_torch_thread  # noqa: F401 - fixture
+
+from compression.config import MergeConfig
+from compression.text_merge import (
+    causal_attention_probs,
+    fastv_scores,
+    importance,
+    merge_into_kept,
+    min_max,
+    plan_merge,
+    project_queries_keys,
+    select_kept,
+    text_visual_attention,
+    text_visual_similarity,
+)
+from compression.tiny_models import build_tiny_llava_onevision
+
+SMALL = settings(max_examples=40, deadline=None)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+
+# -- plain references -------------------------------------------------------------------------
+def ref_cos(a: list[float], b: list[float]) -> float:
+    na = math.sqrt(sum(x * x for x in a))
+    nb = math.sqrt(sum(x * x for x in b))
+    if na == 0 or nb == 0:
+        return 0.0
+    return sum(x * y for x, y in zip(a, b, strict=True)) / (na * nb)
+
+
+def ref_attention(q, k, rows, scaling):
+    """probs[h][t][j] with a per-element softmax over keys j <= rows[t]."""
+    out = []
+    for h in range(len(q)):
+        per_head = []
+        for t, row in enumerate(rows):
+            logits = [
+                sum(a * b for a, b in zip(q[h][t], k[h][j], strict=True)) * scaling
+                for j in range(row + 1)
+            ]
+            top = max(logits)
+            exps = [math.exp(x - top) for x in logits]
+            total = sum(exps)
+            per_head.append([e / total for e in exps] + [0.0] * (len(k[h]) - row - 1))
+        out.append(per_head)
+    return out
+
+
+def ref_kept(scores: list[float], keep: int) -> list[int]:
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    return sorted(order[:keep])
+
+
+def ref_merge(tokens, sizes, kept):
+    groups = {j: [j] for j in kept}
+    for i in range(len(tokens)):
+        if i in groups:
+            continue
+        sims = [ref_cos(tokens[i], tokens[j]) for j in kept]
+        groups[kept[sims.index(max(sims))]].append(i)
+    merged, merged_sizes = [], []
+    for j in kept:
+        weight = sum(sizes[i] for i in groups[j])
+        merged.append(
+            [
+                sum(sizes[i] * tokens[i][c] for i in groups[j]) / weight
+                for c in range(len(tokens[0]))
+            ]
+        )
+        merged_sizes.append(weight)
+    return merged, merged_sizes
+
+
+def ints(shape: tuple[int, ...], low: int = -4, high: int = 4):
+    """Small-integer float tensors: sums of products are exact, cosines well separated."""
+    count = math.prod(shape)
+    return st.lists(st.integers(low, high), min_size=count, max_size=count).map(
+        lambda v: torch.tensor(v, dtype=torch.float32).view(shape)
+    )
+
+
+# -- pure functions ---------------------------------------------------------------------------
+@SMALL
+@given(data=st.data(), heads=st.integers(1, 3), length=st.integers(2, 7), dim=st.integers(1, 4))
+def test_causal_attention_and_text_scores_match_loops(data, heads, length, dim):
+    q_count = data.draw(st.integers(1, length))
+    rows = sorted(
+        data.draw(st.lists(st.integers(0, length - 1), min_size=q_count, max_size=q_count))
+    )
+    q = data.draw(ints((heads, q_count, dim)))
+    k = data.draw(ints((heads, length, dim)))
+    probs = causal_attention_probs(q, k, torch.tensor(rows), 0.5)
+    expected = torch.tensor(ref_attention(q.tolist(), k.tolist(), rows, 0.5))
+    torch.testing.assert_close(probs, expected, atol=1e-6, rtol=1e-5)
+
+    start = data.draw(st.integers(0, length - 1))
+    stop = data.draw(st.integers(start + 1, length))
+    visual = slice(start, stop)
+    a_m = [
+        max(sum(expected[h, t, v].item() for h in range(heads)) / heads for t in range(q_count))
+        for v in range(start, stop)
+    ]
+    torch.testing.assert_close(text_visual_attention(probs, visual), torch.tensor(a_m))
+    last = [
+        sum(expected[h, -1, v].item() for h in range(heads)) / heads for v in range(start, stop)
+    ]
+    torch.testing.assert_close(fastv_scores(probs[:, -1:], visual), torch.tensor(last))
+
+
+@SMALL
+@given(data=st.data(), v=st.integers(1, 6), t=st.integers(1, 5), dim=st.integers(1, 4))
+def test_similarity_min_max_and_importance_match_loops(data, v, t, dim):
+    visual = data.draw(ints((v, dim)))
+    text = data.draw(ints((t, dim)))
+    s_m = [max(ref_cos(a, b) for b in text.tolist()) for a in visual.tolist()]
+    torch.testing.assert_close(text_visual_similarity(visual, text), torch.tensor(s_m))
+
+    attention = data.draw(ints((v,), 0, 9))
+    lam = data.draw(st.sampled_from([0.0, 0.25, 0.5, 1.0]))
+
+    def norm(x: list[float]) -> list[float]:
+        low, high = min(x), max(x)
+        return [0.0] * len(x) if high == low else [(e - low) / (high - low) for e in x]
+
+    # Normalise the float32 similarities the function sees: equal cosines (e.g. two exact
+    # matches) may differ in the last float32 bit, and min-max would magnify that difference.
+    s_m = text_visual_similarity(visual, text).tolist()
+    a_n, s_n = norm(attention.tolist()), norm(s_m)
+    expected = [(1 - lam) * a + lam * s for a, s in zip(a_n, s_n, strict=True)]
+    torch.testing.assert_close(
+        importance(attention, torch.tensor(s_m), lam), torch.tensor(expected)
+    )
+    torch.testing.assert_close(min_max(attention), torch.tensor(a_n))
+
+
+@SMALL
+@given(scores=st.lists(st.integers(0, 5), min_size=1, max_size=12), data=st.data())
+def test_select_kept_is_top_k_in_original_order(scores, data):
+    keep = data.draw(st.integers(1, len(scores)))
+    kept = select_kept(torch.tensor(scores, dtype=torch.float32), keep)
+    assert kept.tolist() == ref_kept(scores, keep)
+
+
+def test_select_kept_rejects_bad_counts():
+    with pytest.raises(ValueError):
+        select_kept(torch.ones(3), 0)
+    with pytest.raises(ValueError):
+        select_kept(torch.ones(3), 4)
+
+
+@SMALL
+@given(data=st.data(), v=st.integers(1, 8), dim=st.integers(1, 4))
+def test_size_weighted_merge_matches_loop(data, v, dim):
+    tokens = data.draw(ints((v, dim), -3, 3))
+    sizes = data.draw(st.lists(st.integers(1, 5), min_size=v, max_size=v))
+    keep = data.draw(st.integers(1, v))
+    kept = sorted(data.draw(st.permutations(range(v)))[:keep])
+    rows = tokens.tolist()
+    # Near-ties between kept targets would make float32 and float64 pick differently.
+    for i in set(range(v)) - set(kept):
+        sims = sorted((ref_cos(rows[i], rows[j]) for j in kept), reverse=True)
+        assume(len(sims) == 1 or sims[0] - sims[1] > 1e-4 or sims[0] == sims[1])
+    merged = merge_into_kept(tokens, torch.tensor(sizes, dtype=torch.int32), torch.tensor(kept))
+    expected, expected_sizes = ref_merge(rows, sizes, kept)
+    torch.testing.assert_close(merged.tokens, torch.tensor(expected), atol=1e-5, rtol=1e-5)
+    assert merged.sizes.tolist() == expected_sizes
+    assert sum(merged.sizes.tolist()) == sum(sizes)
+    assert merged.target[torch.tensor(kept)].tolist() == list(range(keep))
+
+
+def test_merge_is_one_weighted_mean_not_sequential_averages():
+    """Three tokens into one kept token: the mean weights each by its size once."""
+    tokens = torch.tensor([[1.0, 0.0], [3.0, 0.0], [5.0, 1.0]])
+    sizes = torch.tensor([1, 2, 1], dtype=torch.int32)
+    merged = merge_into_kept(tokens, sizes, torch.tensor([0]))
+    torch.testing.assert_close(merged.tokens, torch.tensor([[(1 + 6 + 5) / 4, 0.25]]))
+    assert merged.sizes.tolist() == [4]
+
+
+# -- against the decoder layer itself ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def eager_llm():
+    model, _ = build_tiny_llava_onevision(attn_implementation="eager")
+    return model.model.language_model
+
+
+def test_recomputed_attention_equals_layer_attention_weights(eager_llm):
+    torch.manual_seed(0)
+    embeds = torch.randn(1, 11, eager_llm.config.hidden_size)
+    with torch.no_grad():
+        out = eager_llm(inputs_embeds=embeds, output_attentions=True, output_hidden_states=True)
+        layer_k = 2
+        hidden = out.hidden_states[layer_k][0]
+        cos, sin = eager_llm.rotary_emb(hidden[None], torch.arange(11)[None])
+        rows = torch.arange(6, 11)
+        q, k = project_queries_keys(eager_llm.layers[layer_k], hidden, cos[0], sin[0], rows)
+        probs = causal_attention_probs(q, k, rows, eager_llm.layers[layer_k].self_attn.scaling)
+    torch.testing.assert_close(probs, out.attentions[layer_k][0, :, 6:11], atol=1e-6, rtol=1e-5)
+
+
+def test_plan_merge_keep_all_changes_nothing_and_counts(eager_llm):
+    torch.manual_seed(1)
+    hidden = torch.randn(12, eager_llm.config.hidden_size)
+    cos, sin = eager_llm.rotary_emb(hidden[None], torch.arange(12)[None])
+    layer = eager_llm.layers[2]
+    sizes = torch.tensor([1, 2, 1, 1, 3, 1, 1], dtype=torch.int32)
+    visual = slice(2, 9)
+    with torch.no_grad():
+        plan = plan_merge(
+            layer, hidden, cos[0], sin[0], visual, 9, sizes, MergeConfig(keep_ratio=1.0)
+        )
+        assert plan.kept.tolist() == list(range(7))
+        torch.testing.assert_close(plan.tokens, hidden[visual], rtol=0, atol=0)
+        for method in ("text_aware", "fastv"):
+            config = MergeConfig(method=method, keep_ratio=0.4)
+            plan = plan_merge(layer, hidden, cos[0], sin[0], visual, 9, sizes, config)
+            assert len(plan.kept) == math.ceil(0.4 * 7)
+            assert plan.kept.tolist() == sorted(plan.kept.tolist())
+            total = int(plan.sizes.sum())
+            assert total == (
+                int(sizes.sum()) if method == "text_aware" else int(sizes[plan.kept].sum())
+            )
+    with pytest.raises(ValueError):
+        plan_merge(layer, hidden, cos[0], sin[0], visual, 8, sizes, MergeConfig())
