@@ -1,6 +1,6 @@
 """DPC-KNN clustering of the recycle pool (METHOD.md section 3, Eqs. 3-4).
 
-With Euclidean distance d(i, j) between tokens:
+With the Euclidean distance between tokens scaled by 1/sqrt(dim), d(i, j) = |x_i - x_j| / sqrt(dim):
 
 * local density rho_i = exp(-(1/k) sum_{j in kNN(i)} d(i, j)^2);
 * delta_i = min distance to any token of higher density; for the densest token, its max distance;
@@ -8,6 +8,11 @@ With Euclidean distance d(i, j) between tokens:
 * every token joins its nearest centre; a cluster token is the plain mean of its members.
 
 Decisions the paper leaves open (all deterministic: no noise, stable sorts):
+
+* the 1/sqrt(dim) scale is what the public DPC-KNN token clustering (TCFormer, Chat-UniVi) uses:
+  it changes no neighbour, no "nearest" and no distance order, only the balance between rho and
+  delta in gamma. Without it, rho = exp(-mean |x_i - x_j|^2) of 3584-d tokens spans hundreds of
+  orders of magnitude, gamma follows rho alone and delta (distinctness) stops mattering;
 
 * the k nearest neighbours do NOT include the token itself; with fewer than k other tokens the
   density uses all of them, and the mean is over that smaller count (a lone token has rho = 1);
@@ -82,10 +87,12 @@ def dpc_knn(
                 cache.append(chunk)
             yield start, chunk
 
-    log_rho = _log_density(distance_chunks(), min(k, r - 1), r, x.device)
+    log_rho = _log_density(distance_chunks(), min(k, r - 1), r, x.device) / x.shape[1]
     rank = _density_rank(log_rho)
     delta_sq = _delta_squared(distance_chunks(), rank, r)
     cache.clear()
+    # log(gamma) = log(rho) + log(|delta| / sqrt(dim)); the -log(sqrt(dim)) is the same for every
+    # token, so it is left out of the ranking.
     log_gamma = log_rho + 0.5 * torch.log(delta_sq.double())
     best = torch.sort(log_gamma, descending=True, stable=True).indices[:num_clusters]
     centres = torch.sort(best).values
@@ -107,7 +114,10 @@ def _squared_distances(
 def _log_density(
     chunks: Iterator[tuple[int, torch.Tensor]], k_eff: int, r: int, device: torch.device
 ) -> torch.Tensor:
-    """log(rho) = -(mean squared distance to the k_eff nearest other tokens), float64 [R]."""
+    """-(mean unscaled squared distance to the k_eff nearest other tokens), float64 [R].
+
+    The caller divides by dim; summing the exact float32 squared distances first keeps equal
+    neighbourhoods exactly equal (ties stay ties)."""
     if k_eff == 0:
         return torch.zeros(r, dtype=torch.float64, device=device)
     knn_sum = torch.empty(r, dtype=torch.float32, device=device)

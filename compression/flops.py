@@ -1,0 +1,74 @@
+"""FLOPs of prefill + decoding, Eq. S3 of the paper's supplement (METHOD.md section 6).
+
+FLOPs = sum over layers i of [ 4 n_i d^2 + 2 n_i^2 d + 2 n_i d m
+                               + R ( 4 d^2 + 2 d m + 2 (d n_i + (d / 2)(R + 1)) ) ]
+
+n_i: tokens at layer i, d: hidden size, m: FFN intermediate size, R: generated tokens (100).
+Computed per layer from the list of n_i, so the text-aware merge at layer K shows up as a shorter
+n_i from K on. The paper's FLOPs column counts visual tokens only (text_tokens=0); report the
+figure with the text tokens beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from compression.config import MergeConfig
+
+
+def prefill_decode_flops(
+    layer_tokens: Sequence[int], hidden: int, ffn: int, generated: int = 100
+) -> float:
+    """Eq. S3 exactly, for the given tokens per layer (integer arithmetic, then one float)."""
+    for name, value in (("hidden", hidden), ("ffn", ffn)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not isinstance(generated, int) or generated < 0:
+        raise ValueError(f"generated must be a non-negative integer, got {generated!r}")
+    if any(not isinstance(n, int) or n < 0 for n in layer_tokens):
+        raise ValueError("layer_tokens must be non-negative integers")
+    d, m, r = hidden, ffn, generated
+    total = 0
+    for n in layer_tokens:
+        prefill = 4 * n * d * d + 2 * n * n * d + 2 * n * d * m
+        # 2 (d n + (d/2)(R + 1)) = 2 d n + d (R + 1): an integer for every d.
+        decode = r * (4 * d * d + 2 * d * m + 2 * d * n + d * (r + 1))
+        total += prefill + decode
+    return float(total)
+
+
+def layer_token_counts(
+    num_layers: int, visual_tokens: int, text_tokens: int, merge: MergeConfig = MergeConfig()
+) -> list[int]:
+    """n_i per layer: visual + text tokens before layer K, kept visual + text from K on.
+
+    With merge.method == "none", or K >= num_layers, every layer sees every token. The kept
+    count is `MergeConfig.kept_count` (ceil(R |V|)), as inside the LLM.
+    """
+    if not isinstance(num_layers, int) or num_layers < 1:
+        raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
+    if visual_tokens < 0 or text_tokens < 0:
+        raise ValueError("token counts must be non-negative")
+    before = visual_tokens + text_tokens
+    after = merge.kept_count(visual_tokens) + text_tokens if merge.active else before
+    return [before if i < merge.layer else after for i in range(num_layers)]
+
+
+def flops_ratio(
+    num_layers: int,
+    hidden: int,
+    ffn: int,
+    *,
+    full_visual_tokens: int,
+    visual_tokens: int,
+    merge: MergeConfig = MergeConfig(),
+    text_tokens: int = 0,
+    generated: int = 100,
+) -> float:
+    """FLOPs with `visual_tokens` entering the LLM (and `merge` inside it) over FLOPs of the full
+    model (all `full_visual_tokens`, no merge). text_tokens=0 is the paper's convention."""
+    compressed = layer_token_counts(num_layers, visual_tokens, text_tokens, merge)
+    full = [full_visual_tokens + text_tokens] * num_layers
+    return prefill_decode_flops(compressed, hidden, ffn, generated) / prefill_decode_flops(
+        full, hidden, ffn, generated
+    )
