@@ -360,10 +360,9 @@ class BenchmarkTokenSets:
     `get` loads one back (a small LRU keeps the sets of the current batch).
     """
 
-    def __init__(self, llm, store_url: str, catalog, settings: EvalSettings) -> None:
+    def __init__(self, llm, store, settings: EvalSettings) -> None:
         self.llm = llm
-        self.store_url = store_url
-        self.catalog = catalog
+        self.store = store  # storage.Store: token-set files + catalog
         self.settings = settings
         self.failed: dict[str, str] = {}
         self.indexed = 0
@@ -403,7 +402,7 @@ class BenchmarkTokenSets:
         from storage.token_files import TokenSetReadError, read_token_set
 
         config_hash = config.stable_hash()
-        location = self.catalog.locate(video_id_for(uri), self.llm.model_id, config_hash)
+        location = self.store.catalog.locate(video_id_for(uri), self.llm.model_id, config_hash)
         if location is None:
             return False
         try:
@@ -422,9 +421,7 @@ class BenchmarkTokenSets:
         from compression.outer_stage import compress_video
         from jobs.decode import DecodeError, DecodeSettings, shared_decoder
         from jobs.sources import local_copy
-        from storage.catalog import IndexedVideo
         from storage.ids import video_id_for
-        from storage.token_files import write_token_sets
 
         started = time.perf_counter()
         decode = DecodeSettings(
@@ -432,18 +429,19 @@ class BenchmarkTokenSets:
             frame_size=self.settings.frame_size,
             timeout_s=self.settings.decode_timeout_s,
         )
+        # One unreadable video must not end a benchmark run: it is recorded and left out.
         try:
             with local_copy(uri) as copy:
                 decoded = shared_decoder().decode(copy.path, decode)
-        except (DecodeError, OSError) as exc:
+            encoded = self.llm.encode(decoded.frames, decoded.timestamps)
+        except (DecodeError, OSError, ValueError, RuntimeError) as exc:
             self.failed[uri] = str(exc)
             for config in configs:
-                self.catalog.record_failed(
+                self.store.catalog.record_failed(
                     uri, self.llm.model_id, config.stable_hash(), str(exc),
                     duration_s=time.perf_counter() - started,
                 )  # fmt: skip
             return
-        encoded = self.llm.encode(decoded.frames, decoded.timestamps)
         metadata = {
             "model_id": self.llm.model_id,
             "video_id": video_id_for(uri),
@@ -451,14 +449,8 @@ class BenchmarkTokenSets:
             "content_hash": copy.content_hash,
         }
         token_sets = [compress_video(encoded, c).with_metadata(**metadata) for c in configs]
-        locations = write_token_sets(self.store_url, token_sets)
         seconds = time.perf_counter() - started
-        self.catalog.record_indexed(
-            [
-                IndexedVideo.of(ts, loc, seconds)
-                for ts, loc in zip(token_sets, locations, strict=True)
-            ]
-        )
+        locations = self.store.save(token_sets, durations_s=[seconds] * len(token_sets))
         for config, location in zip(configs, locations, strict=True):
             self._locations[(uri, config.stable_hash())] = location
         self.indexed += len(configs)
@@ -475,12 +467,12 @@ def run_evaluation(
     entries: Sequence[SweepEntry],
     settings: EvalSettings,
     *,
-    store_url: str,
-    catalog,
+    store,
     out_dir: str | Path,
     progress: Callable[[str], None] = lambda message: None,
 ) -> EvalResult:
-    """Index what is missing, ask every question under every row, write the report."""
+    """Index what is missing into `store` (a `storage.Store`), ask every question under every
+    row, write the report into `out_dir`."""
     from jobs.report import write_report
     from jobs.sources import normalize_uri
 
@@ -488,7 +480,7 @@ def run_evaluation(
     if not items:
         raise ValueError("the benchmarks hold no question with a video to evaluate")
     uri_of = {item.video: normalize_uri(str(item.video)) for item in items}
-    token_sets = BenchmarkTokenSets(llm, store_url, catalog, settings)
+    token_sets = BenchmarkTokenSets(llm, store, settings)
     token_sets.prepare(list(dict.fromkeys(uri_of.values())), unique_configs(entries), progress)
     usable = [item for item in items if uri_of[item.video] not in token_sets.failed]
     predictions = ask_sweep(

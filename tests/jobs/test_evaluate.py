@@ -151,19 +151,17 @@ def test_sweep_on_a_tiny_benchmark_writes_the_report(tmp_path: Path, tiny_llm) -
 
     from jobs.benchmarks import load_benchmark
     from jobs.evaluate import BenchmarkTokenSets, EvalSettings, run_evaluation, unique_configs
-    from storage.catalog import Catalog
+    from storage import open_store
 
     bench = load_benchmark("videomme", _videomme_benchmark(tmp_path / "Video-MME"))
     assert len(bench.items) == 5
     methods = ["full", "fastv", "ours_no_merge", "ours"]
     entries = build_sweep(methods, [0.5, 0.25], merge_layer=default_merge_layer(4))
     settings = EvalSettings(frames=FRAMES, batch_size=2, max_new_tokens=4)
-    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
-    store = str(tmp_path / "store")
+    store = open_store(str(tmp_path / "store"))
     result = run_evaluation(
-        [bench], tiny_llm, entries, settings, store_url=store, catalog=catalog,
-        out_dir=tmp_path / "report",
-    )  # fmt: skip
+        [bench], tiny_llm, entries, settings, store=store, out_dir=tmp_path / "report"
+    )
 
     # The corrupt video failed to decode; its question is left out of every row.
     assert list(result.failed_videos) == [str(tmp_path / "Video-MME" / "data" / "broken.mp4")]
@@ -202,7 +200,7 @@ def test_sweep_on_a_tiny_benchmark_writes_the_report(tmp_path: Path, tiny_llm) -
     assert {"row", "response", "choice", "correct"} <= set(json.loads(lines[0]))
 
     # A second run finds every token set in the store instead of indexing again.
-    again = BenchmarkTokenSets(tiny_llm, store, catalog, settings)
+    again = BenchmarkTokenSets(tiny_llm, store, settings)
     uris = sorted({str(i.video) for i in bench.items} - set(result.failed_videos))
     again.prepare(uris, unique_configs(entries))
     assert (again.reused, again.indexed) == (len(uris) * len(unique_configs(entries)), 0)
