@@ -109,10 +109,11 @@ def visionzip(video: VideoTokens, budget: int, dominant_ratio: float) -> KeptTok
         if n_context == 0:
             continue
         step = max(1, remaining.numel() // n_context)
-        targets = remaining[::step][:n_context]
+        target_at = torch.arange(0, remaining.numel(), step, device=device)[:n_context]
+        targets = remaining[target_at]
         unit = unit_rows(video.tokens[remaining])
-        nearest = (unit @ unit_rows(video.tokens[targets]).T).argmax(dim=1)
-        nearest[torch.searchsorted(remaining, targets)] = torch.arange(n_context, device=device)
+        nearest = (unit @ unit[target_at].T).argmax(dim=1)
+        nearest[target_at] = torch.arange(n_context, device=device)  # a target is its own
         means, sizes = mean_by_group(video.tokens[remaining], nearest, n_context)
         assignment[remaining] = nearest + base + n_dominant
         origin.append(targets)
