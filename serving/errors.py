@@ -17,7 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-logger = logging.getLogger("tokenreel.serving")
+# Serve routes this logger to the replica log files, tagged with the request id.
+logger = logging.getLogger("ray.serve")
 
 
 class ServingError(Exception):

@@ -7,6 +7,7 @@ does not use, as OpenAI clients send several of them by default.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -145,14 +146,23 @@ class AskResponse(BaseModel):
 
 
 class VideoInfo(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    """A video under one (model, compression config): one catalog status row."""
 
     video_id: str
-    status: str
+    uri: str
+    model_id: str
+    config_hash: str
+    status: Literal["pending", "indexed", "failed"]
+    error: str | None = Field(description="why indexing failed (status failed)")
+    attempts: int = Field(description="failed indexing attempts so far")
+    visual_tokens: int | None = Field(description="tokens in the stored token set (indexed)")
+    indexed_at: datetime | None
+    updated_at: datetime
 
 
 class VideoList(BaseModel):
     data: list[VideoInfo]
+    total: int
     limit: int
     offset: int
 

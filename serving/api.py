@@ -1,0 +1,338 @@
+"""`ApiServer`: the HTTP ingress (FastAPI) in front of the model replicas.
+
+It holds no model. Per request it checks the API key, validates the body and the video id, asks
+the catalog where the video's token set is (404 unknown, 409 failed or not indexed), and hands a
+validated `AskJob` to a `ModelServer` replica. Calls that fail because a model replica died are
+retried (answering a question has no side effects) before the client sees a 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.handle import DeploymentHandle
+
+from serving import openai_compat
+from serving.auth import check_authorization
+from serving.engine import AnswerReport, AskJob, ModelInfo
+from serving.errors import (
+    InvalidRequest,
+    NotFound,
+    ServiceUnavailable,
+    ServingError,
+    Unauthorized,
+    VideoNotReady,
+    error_body,
+    install_error_handlers,
+    internal_error_response,
+    logger,
+)
+from serving.metrics import ApiMetrics
+from serving.schemas import (
+    MAX_LIST_LIMIT,
+    AskRequest,
+    AskResponse,
+    ChatCompletionRequest,
+    FlopsFigures,
+    MergeApplied,
+    MergeSettings,
+    ModelCard,
+    ModelList,
+    Timings,
+    TokenCounts,
+    VideoInfo,
+    VideoList,
+)
+from serving.settings import ServeSettings
+from storage.catalog import Catalog, VideoRecord, VideoStatus
+from storage.ids import validate_video_id
+
+UNAUTHENTICATED_PATHS = frozenset({"/healthz"})
+REPLICA_RETRIES = 3
+MAX_REASON_CHARS = 500
+
+
+@serve.ingress()
+class ApiServer:
+    """Deployment class; `serving.app.build_app` binds it to the `ModelServer` handle."""
+
+    def __init__(
+        self, engine: DeploymentHandle, settings: ServeSettings, key_digest: str | None
+    ) -> None:
+        self.engine = engine
+        self.catalog = Catalog(settings.catalog_url)
+        self.key_digest = key_digest
+        self.metrics = ApiMetrics()
+        self.created = int(time.time())
+        self._model_info: ModelInfo | None = None
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_api(self)
+
+    # -- model replicas ---------------------------------------------------------------------
+    async def model_info(self) -> ModelInfo:
+        if self._model_info is None:
+            self._model_info = await self._with_retries(lambda: self.engine.describe.remote())
+        return self._model_info
+
+    async def _with_retries(self, call: Any) -> Any:
+        for attempt in range(REPLICA_RETRIES):
+            try:
+                return await call()
+            except RayActorError:
+                logger.warning("model replica died during a call (attempt %d)", attempt + 1)
+                await asyncio.sleep(0.5 * (attempt + 1))
+        raise ServiceUnavailable("no model replica could answer; retry shortly")
+
+    async def ask(self, job: AskJob) -> AnswerReport:
+        return await self._with_retries(lambda: self.engine.ask.remote(job))
+
+    async def ask_stream(self, job: AskJob) -> tuple[Any, AsyncIterator[Any]]:
+        """(first item, the stream): the first item is awaited here so that a failure before
+        any text (unknown token set, dead replica) is still an HTTP error, not a broken stream."""
+
+        async def start() -> tuple[Any, AsyncIterator[Any]]:
+            stream = self.engine.options(stream=True).ask_stream.remote(job)
+            return await stream.__anext__(), stream
+
+        return await self._with_retries(start)
+
+    # -- catalog ----------------------------------------------------------------------------
+    async def job_for(
+        self, video_id: str, question: str, system: str | None, merge: MergeSettings, generation
+    ) -> AskJob:
+        """Validate everything about one question and locate its token set."""
+        video_id = checked_video_id(video_id)
+        info = await self.model_info()
+        try:
+            merge_config = merge.to_config(info.num_layers)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), code="invalid_merge_layer") from None
+        location = await asyncio.to_thread(self.catalog.locate, video_id, model_id=info.model_id)
+        if location is None:
+            await self._raise_unavailable(video_id, info.model_id)
+        return AskJob(video_id, location, question, system, merge_config, generation)
+
+    async def _raise_unavailable(self, video_id: str, model_id: str) -> None:
+        record = await asyncio.to_thread(self.catalog.get_video, video_id, model_id)
+        if record is None:
+            record = await asyncio.to_thread(self.catalog.get_video, video_id)
+        if record is None:
+            raise NotFound(f"video {video_id!r} not found", code="video_not_found")
+        if record.model_id != model_id:
+            raise VideoNotReady(
+                f"video {video_id!r} is indexed for model {record.model_id!r}, not for the "
+                f"served model {model_id!r}",
+                code="video_not_indexed_for_model",
+            )
+        if record.status == VideoStatus.FAILED:
+            reason = (record.error or "unknown")[:MAX_REASON_CHARS]
+            raise VideoNotReady(
+                f"video {video_id!r} failed indexing: {reason}", code="video_failed"
+            )
+        raise VideoNotReady(f"video {video_id!r} is still being indexed", code="video_pending")
+
+
+def checked_video_id(video_id: str) -> str:
+    try:
+        return validate_video_id(video_id)
+    except ValueError:
+        raise InvalidRequest(
+            "invalid video id: 1-128 characters from A-Z a-z 0-9 . _ - (not starting with . _ -)",
+            code="invalid_video_id",
+        ) from None
+
+
+def video_info(record: VideoRecord) -> VideoInfo:
+    return VideoInfo(
+        video_id=record.video_id,
+        uri=record.uri,
+        model_id=record.model_id,
+        config_hash=record.config_hash,
+        status=record.status.value,
+        error=record.error,
+        attempts=record.attempts,
+        visual_tokens=record.location.kept_count if record.location else None,
+        indexed_at=record.indexed_at,
+        updated_at=record.updated_at,
+    )
+
+
+def ask_response(report: AnswerReport, total_s: float) -> AskResponse:
+    return AskResponse(
+        video_id=report.video_id,
+        model=report.model_id,
+        answer=report.text,
+        finish_reason=report.finish_reason,  # type: ignore[arg-type]
+        merge=MergeApplied(**dataclasses.asdict(report.merge)),
+        tokens=TokenCounts(
+            original_visual=report.original_visual,
+            visual_in=report.visual_in,
+            visual_after_merge=report.visual_after_merge,
+            prompt=report.prompt_tokens,
+            completion=report.completion_tokens,
+        ),
+        flops=FlopsFigures(**dataclasses.asdict(report.flops)),
+        timings=Timings(
+            queue_s=report.queue_s,
+            load_s=report.load_s,
+            prefill_s=report.prefill_s,
+            decode_s=report.decode_s,
+            total_s=total_s,
+        ),
+        cache_hit=report.cache_hit,
+        batch_size=report.batch_size,
+    )
+
+
+def _figures(report: AnswerReport, total_s: float) -> dict[str, Any]:
+    """The ask endpoint's figures (tokens, FLOPs, timings) for the chat response extension."""
+    body = ask_response(report, total_s).model_dump()
+    return {k: body[k] for k in ("video_id", "merge", "tokens", "flops", "timings", "cache_hit")}
+
+
+def create_api(server: ApiServer) -> FastAPI:
+    """The FastAPI app of one `ApiServer` replica (routes close over `server`)."""
+    api = FastAPI(
+        title="tokenreel",
+        description="Questions over compressed visual-token sets of indexed videos.",
+        version="0.1.0",
+    )
+    install_error_handlers(api)
+
+    @api.middleware("http")
+    async def authenticate_and_count(request: Request, call_next: Any) -> Response:
+        started = time.perf_counter()
+        if request.url.path in UNAUTHENTICATED_PATHS:
+            response = await call_next(request)
+        else:
+            try:
+                check_authorization(request.headers.get("authorization"), server.key_digest)
+                response = await call_next(request)
+            except Unauthorized as exc:
+                response = JSONResponse(
+                    error_body(exc.message, exc.error_type),
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            except Exception as exc:
+                response = internal_error_response(exc)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", "unmatched")
+        server.metrics.record_request(endpoint, response.status_code, time.perf_counter() - started)
+        return response
+
+    @api.get("/healthz", tags=["service"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/v1/models", response_model=ModelList, tags=["service"])
+    async def list_models() -> ModelList:
+        info = await server.model_info()
+        return ModelList(data=[ModelCard(id=info.model_id, created=server.created)])
+
+    @api.get("/v1/videos", response_model=VideoList, tags=["videos"])
+    async def list_videos(
+        status: str | None = Query(default=None, pattern="^(pending|indexed|failed)$"),
+        search: str | None = Query(default=None, max_length=256),
+        limit: int = Query(default=100, ge=1, le=MAX_LIST_LIMIT),
+        offset: int = Query(default=0, ge=0),
+    ) -> VideoList:
+        catalog = server.catalog
+        records, total = await asyncio.gather(
+            asyncio.to_thread(catalog.list_videos, status, search, limit=limit, offset=offset),
+            asyncio.to_thread(catalog.count_videos, status, search),
+        )
+        return VideoList(
+            data=[video_info(r) for r in records], total=total, limit=limit, offset=offset
+        )
+
+    @api.get("/v1/videos/{video_id}", response_model=VideoInfo, tags=["videos"])
+    async def get_video(video_id: str) -> VideoInfo:
+        record = await asyncio.to_thread(server.catalog.get_video, checked_video_id(video_id))
+        if record is None:
+            raise NotFound(f"video {video_id!r} not found", code="video_not_found")
+        return video_info(record)
+
+    @api.post("/v1/videos/{video_id}/ask", response_model=AskResponse, tags=["questions"])
+    async def ask(video_id: str, body: AskRequest) -> AskResponse:
+        """Answer one question about one indexed video, with token counts, FLOPs and timings."""
+        started = time.perf_counter()
+        job = await server.job_for(
+            video_id, body.question, body.system, body.merge, body.generation_config()
+        )
+        report = await server.ask(job)
+        return ask_response(report, time.perf_counter() - started)
+
+    @api.post("/v1/chat/completions", tags=["questions"])
+    async def chat_completions(body: ChatCompletionRequest) -> Response:
+        """OpenAI-compatible; the video is named by a `tokenreel://VIDEO_ID` video_url part or
+        the `video_id` field. `stream: true` answers with server-sent events."""
+        started = time.perf_counter()
+        info = await server.model_info()
+        if body.model != info.model_id:
+            raise NotFound(
+                f"model {body.model!r} is not served here; GET /v1/models lists {info.model_id!r}",
+                code="model_not_found",
+            )
+        chat = openai_compat.chat_question(body)
+        job = await server.job_for(
+            chat.video_id, chat.question, chat.system, chat.merge, chat.generation
+        )
+        request_id = openai_compat.completion_id()
+        if not body.stream:
+            report = await server.ask(job)
+            figures = _figures(report, time.perf_counter() - started)
+            return JSONResponse(openai_compat.completion_body(report, request_id, figures))
+        first, stream = await server.ask_stream(job)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        events = _chat_events(first, stream, request_id, info.model_id, include_usage, started)
+        return StreamingResponse(
+            events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+
+    return api
+
+
+async def _chat_events(
+    first: Any,
+    stream: AsyncIterator[Any],
+    request_id: str,
+    model: str,
+    include_usage: bool,
+    started: float,
+) -> AsyncIterator[str]:
+    """SSE chunks: the role, each text piece as decoded, the finish reason, (usage), [DONE]."""
+    yield openai_compat.sse(openai_compat.chunk(request_id, model, {"role": "assistant"}))
+    item = first
+    try:
+        while True:
+            if isinstance(item, AnswerReport):
+                figures = {"tokenreel": _figures(item, time.perf_counter() - started)}
+                yield openai_compat.sse(
+                    openai_compat.chunk(
+                        request_id, model, {}, finish_reason=item.finish_reason, extra=figures
+                    )
+                )
+                if include_usage:
+                    usage = {"usage": openai_compat.usage(item)}
+                    yield openai_compat.sse(
+                        openai_compat.chunk(request_id, model, None, extra=usage)
+                    )
+                break
+            yield openai_compat.sse(openai_compat.chunk(request_id, model, {"content": item}))
+            item = await stream.__anext__()
+    except Exception as exc:
+        message = exc.message if isinstance(exc, ServingError) else "internal server error"
+        if not isinstance(exc, ServingError):
+            logger.error("stream %s failed", request_id, exc_info=exc)
+        yield openai_compat.sse(error_body(message, "server_error"))
+    yield openai_compat.SSE_DONE

@@ -1,0 +1,63 @@
+"""The Ray Serve application: `build_app(args)` -> HTTP ingress (`ApiServer`) + model replicas
+(`ModelServer`).
+
+Usable as a Serve import path (`serve run serving.app:build_app model=...`, or a RayService's
+`serveConfigV2` with `import_path: serving.app:build_app` and `args:`), and by `tokenreel serve`.
+Argument keys: the fields of `serving.settings.ServeSettings`. The API key is read here from
+`TOKENREEL_API_KEY` and only its digest is passed on (serving/auth.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+from ray.serve.config import AutoscalingConfig, RequestRouterConfig
+
+from serving.api import ApiServer
+from serving.auth import api_key_digest_from_env
+from serving.model_server import ModelServer
+from serving.routing import DEFAULT_IMBALANCE_THRESHOLD, VideoAffinityRouter
+from serving.settings import ServeSettings
+
+MODEL_DEPLOYMENT = "ModelServer"
+API_DEPLOYMENT = "ApiServer"
+
+
+def model_deployment(settings: ServeSettings) -> serve.Deployment:
+    """`ModelServer` with the replica resources, autoscaling and router of `settings`."""
+    options: dict[str, Any] = {
+        "name": MODEL_DEPLOYMENT,
+        "ray_actor_options": {"num_cpus": settings.num_cpus, "num_gpus": settings.num_gpus},
+        "max_ongoing_requests": settings.max_ongoing_requests,
+        "autoscaling_config": AutoscalingConfig(
+            min_replicas=settings.min_replicas,
+            max_replicas=settings.max_replicas,
+            initial_replicas=settings.min_replicas,
+            target_ongoing_requests=settings.target_ongoing_requests,
+        ),
+    }
+    if settings.affinity:
+        options["request_router_config"] = RequestRouterConfig(
+            request_router_class=VideoAffinityRouter,
+            request_router_kwargs={"imbalance_threshold": DEFAULT_IMBALANCE_THRESHOLD},
+        )
+    return serve.deployment(ModelServer).options(**options)
+
+
+def api_deployment(settings: ServeSettings) -> serve.Deployment:
+    return serve.deployment(ApiServer).options(
+        name=API_DEPLOYMENT,
+        num_replicas=settings.api_replicas,
+        ray_actor_options={"num_cpus": settings.api_num_cpus},
+        # The HTTP layer only waits on model replicas: let it hold many requests.
+        max_ongoing_requests=max(256, 4 * settings.max_ongoing_requests),
+    )
+
+
+def build_app(args: dict[str, Any] | None = None) -> Application:
+    """The application for `serve.run` / `serve run` / a RayService (see module docstring)."""
+    settings = ServeSettings.from_args(args)
+    engine = model_deployment(settings).bind(settings)
+    return api_deployment(settings).bind(engine, settings, api_key_digest_from_env())

@@ -1,0 +1,119 @@
+"""`ModelServer`: the Serve deployment that holds the Video-LLM (one `AnswerEngine` per replica).
+
+Concurrent `ask` calls meet in `@serve.batch` and are answered by one padded forward; `ask_stream`
+answers one question and yields text pieces as they are decoded (the plug-in streams one sequence
+at a time, so streamed questions are not batched).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TypeVar
+
+from ray import serve
+
+from serving.cache import CacheStats
+from serving.engine import AnswerEngine, AnswerReport, AskJob, ModelInfo, PreparedQuestion
+from serving.metrics import EngineMetrics
+from serving.settings import ServeSettings
+
+T = TypeVar("T")
+
+
+class ModelServer:
+    """Deployment class; `serving.app.build_app` sets its resources, autoscaling and router."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self.engine = AnswerEngine(
+            settings.model,
+            device=settings.device,
+            dtype=settings.dtype,
+            cache_bytes=settings.cache_bytes,
+        )
+        self.metrics = EngineMetrics()
+        self._answer_batched.set_max_batch_size(settings.max_batch_size)
+        self._answer_batched.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+
+    def describe(self) -> ModelInfo:
+        return self.engine.info
+
+    def cache_stats(self) -> CacheStats:
+        return self.engine.cache.stats()
+
+    async def _prepare(self, job: AskJob) -> PreparedQuestion:
+        prepared = await self.engine.prepare(job)
+        self.metrics.record_cache(prepared.cache_hit, self.engine.cache.stats().bytes)
+        return prepared
+
+    def _record(self, report: AnswerReport) -> None:
+        self.metrics.record_answer(
+            report.visual_in, report.visual_after_merge, report.completion_tokens, report.engine_s
+        )
+
+    async def ask(self, job: AskJob) -> AnswerReport:
+        prepared = await self._prepare(job)
+        prepared.enqueued = time.perf_counter()
+        report = await self._answer_batched(prepared)
+        self._record(report)
+        return report
+
+    # The real limits are set per replica in __init__ from the settings.
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    async def _answer_batched(self, prepared: list[PreparedQuestion]) -> list[AnswerReport]:
+        self.metrics.record_batch(len(prepared))
+        # In a thread: the event loop keeps taking requests (and filling the next batch).
+        return await asyncio.to_thread(self.engine.answer_batch, prepared)
+
+    async def ask_stream(self, job: AskJob) -> AsyncIterator[str | AnswerReport]:
+        prepared = await self._prepare(job)
+        async for item in iterate_in_thread(lambda: self.engine.answer_stream(prepared)):
+            if isinstance(item, AnswerReport):
+                self._record(item)
+            yield item
+
+
+_END = object()
+
+
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+async def iterate_in_thread(make_iterator: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
+    """Drive a blocking iterator on a worker thread and yield its items on the event loop.
+
+    When the consumer stops early (a client hung up), the thread stops after the current item.
+    """
+    loop = asyncio.get_running_loop()
+    items: asyncio.Queue[object] = asyncio.Queue()
+    stop = threading.Event()
+
+    def deliver(item: object) -> None:
+        try:
+            loop.call_soon_threadsafe(items.put_nowait, item)
+        except RuntimeError:  # the loop is gone: nobody is listening any more
+            stop.set()
+
+    def pump() -> None:
+        try:
+            for item in make_iterator():
+                if stop.is_set():
+                    return
+                deliver(item)
+        except BaseException as exc:
+            deliver(_Failure(exc))
+        finally:
+            deliver(_END)
+
+    loop.run_in_executor(None, pump)
+    try:
+        while (item := await items.get()) is not _END:
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
