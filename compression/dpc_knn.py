@@ -27,9 +27,10 @@ Decisions the paper leaves open (all deterministic: no noise, stable sorts):
 * a centre always joins its own cluster (an exact duplicate centre could otherwise join another);
 * a lone token (delta over an empty set) has delta = 0.
 
-Memory: distances are computed in row chunks of at most `chunk_bytes` (64 MiB on CPU, 1 GiB on
-CUDA by default), so a 25,000-token pool never needs its 2.5 GB N x N matrix on CPU; when the
-whole matrix fits one chunk it is computed once and reused by both passes.
+Memory: distances are computed in row chunks of at most `chunk_bytes` (by default 4 GiB on CUDA;
+on CPU the whole matrix up to 256 MiB, else 64 MiB chunks), so a 25,000-token pool never needs
+its 2.5 GB N x N matrix on CPU; when the whole matrix fits one chunk it is computed once and
+reused by both passes, otherwise each pass recomputes its chunks (twice the matmul work).
 """
 
 from __future__ import annotations
@@ -41,8 +42,11 @@ import torch
 
 from compression.kept_tokens import mean_by_group
 
+# Row-chunk sizes of the distance matrix: CPU keeps the whole matrix (computed once, used by both
+# passes) up to 256 MiB and otherwise works in 64 MiB chunks (two passes, less memory).
+_CPU_WHOLE_BYTES = 256 * 2**20
 _CPU_CHUNK_BYTES = 64 * 2**20
-_CUDA_CHUNK_BYTES = 2**30
+_CUDA_CHUNK_BYTES = 4 * 2**30
 
 
 @dataclass(frozen=True)
@@ -73,8 +77,7 @@ def dpc_knn(
     num_clusters = max(1, min(int(num_clusters), r))
     x = tokens.float()
     sq_norm = (x * x).sum(dim=1)
-    budget = chunk_bytes or (_CUDA_CHUNK_BYTES if x.is_cuda else _CPU_CHUNK_BYTES)
-    rows = max(1, budget // (4 * r))
+    rows = _chunk_rows(r, x.is_cuda, chunk_bytes)
     cache: list[torch.Tensor] = []
 
     def distance_chunks() -> Iterator[tuple[int, torch.Tensor]]:
@@ -99,6 +102,17 @@ def dpc_knn(
     labels = _nearest_centre(x, sq_norm, centres, rows)
     means, sizes = mean_by_group(x, labels, num_clusters)
     return Clusters(centres=centres, labels=labels, means=means.to(tokens.dtype), sizes=sizes)
+
+
+def _chunk_rows(r: int, on_cuda: bool, chunk_bytes: int | None) -> int:
+    if chunk_bytes is None:
+        if on_cuda:
+            chunk_bytes = _CUDA_CHUNK_BYTES
+        elif 4 * r * r <= _CPU_WHOLE_BYTES:
+            return r
+        else:
+            chunk_bytes = _CPU_CHUNK_BYTES
+    return max(1, chunk_bytes // (4 * r))
 
 
 def _squared_distances(
