@@ -8,7 +8,8 @@ Compared in the same run, on the same files:
 * ours: `read_token_set` (one ranged read of the row group; its footer travels in the location),
 * row group + footer: pyarrow's `ParquetFile(...).read_row_group(i)` through fsspec (reads the
   file's footer, which grows with the number of token sets in the file, then the row group),
-* whole file: read the entire file and take the row (what a naive loader does).
+* whole file: read the entire file and take the row (what a naive loader does),
+and the floor: a bare ranged GET of the same bytes, decoding nothing.
 
     python bench/bench_storage.py [--videos 200] [--per-file 100] [--json out.json]
 """
@@ -121,6 +122,13 @@ def load_ours(location: TokenSetLocation) -> tuple[TokenSet, int]:
     return token_set, sum(c.bytes_read for c in counters)
 
 
+def raw_range_get(location: TokenSetLocation) -> tuple[bytes, int]:
+    """The floor: fetch the same byte range and decode nothing."""
+    fs, path = filesystem_for(location.file_url)
+    data = fs.cat_file(path, start=location.offset, end=location.offset + location.length)
+    return data, len(data)
+
+
 def load_with_footer(location: TokenSetLocation) -> tuple[pa.Table, int]:
     fs, path = filesystem_for(location.file_url)
     reader = CountingReader(fs.open(path, "rb", cache_type="none"))
@@ -204,6 +212,7 @@ def bench_backend(store_url: str, token_sets: list[TokenSet], args: argparse.Nam
         "write_MB_per_s": len(token_sets) * own / write_s / 1e6,
         "file_MB": fs.size(path) / 1e6,
         "ours": measure(load_ours, order, own),
+        "raw_range_get_floor": measure(raw_range_get, order, own),
         "row_group_plus_footer": measure(load_with_footer, order[: args.baseline_loads], own),
         "whole_file": measure(load_whole_file, order[: args.naive_loads], own),
     }
