@@ -144,27 +144,39 @@ def tiny_llm():
     return load_video_llm("tiny-llava-ov")
 
 
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_llm):
+    """One sweep over the tiny benchmark, shared by the tests below (asking is the slow part)."""
+    from jobs.benchmarks import load_benchmark
+    from jobs.evaluate import EvalSettings, run_evaluation
+    from storage import open_store
+
+    root = tmp_path_factory.mktemp("eval")
+    bench = load_benchmark("videomme", _videomme_benchmark(root / "data" / "Video-MME"))
+    entries = build_sweep(METHODS, [0.5, 0.25], merge_layer=default_merge_layer(4))
+    settings = EvalSettings(frames=FRAMES, batch_size=2, max_new_tokens=4)
+    store = open_store(str(root / "store"))
+    result = run_evaluation(
+        [bench], tiny_llm, entries, settings, store=store, out_dir=root / "report"
+    )
+    return root, bench, entries, settings, store, result
+
+
+METHODS = ["full", "fastv", "ours_no_merge", "ours"]
+
+
 @pytest.mark.slow
-def test_sweep_on_a_tiny_benchmark_writes_the_report(tmp_path: Path, tiny_llm) -> None:
+def test_sweep_on_a_tiny_benchmark_writes_the_report(tiny_run, tiny_llm) -> None:
     import csv
     import json
 
-    from jobs.benchmarks import load_benchmark
-    from jobs.evaluate import BenchmarkTokenSets, EvalSettings, run_evaluation, unique_configs
-    from storage import open_store
+    from jobs.evaluate import BenchmarkTokenSets, unique_configs
 
-    bench = load_benchmark("videomme", _videomme_benchmark(tmp_path / "Video-MME"))
+    root, bench, entries, settings, store, result = tiny_run
     assert len(bench.items) == 5
-    methods = ["full", "fastv", "ours_no_merge", "ours"]
-    entries = build_sweep(methods, [0.5, 0.25], merge_layer=default_merge_layer(4))
-    settings = EvalSettings(frames=FRAMES, batch_size=2, max_new_tokens=4)
-    store = open_store(str(tmp_path / "store"))
-    result = run_evaluation(
-        [bench], tiny_llm, entries, settings, store=store, out_dir=tmp_path / "report"
-    )
 
     # The corrupt video failed to decode; its question is left out of every row.
-    assert list(result.failed_videos) == [str(tmp_path / "Video-MME" / "data" / "broken.mp4")]
+    assert list(result.failed_videos) == [str(root / "data" / "Video-MME" / "data" / "broken.mp4")]
     assert len(result.predictions) == len(entries) * 4
 
     # Each row asked over the token sets and merge its label says.
@@ -204,3 +216,24 @@ def test_sweep_on_a_tiny_benchmark_writes_the_report(tmp_path: Path, tiny_llm) -
     uris = sorted({str(i.video) for i in bench.items} - set(result.failed_videos))
     again.prepare(uris, unique_configs(entries))
     assert (again.reused, again.indexed) == (len(uris) * len(unique_configs(entries)), 0)
+
+
+@pytest.mark.slow
+def test_eval_command_reuses_the_store(tiny_run, capsys) -> None:
+    from tokenreel.cli import main
+
+    root, *_ = tiny_run
+    out = root / "cli-report"
+    argv = ["eval", str(root / "data"), "--methods", "ours", "--ratios", "0.5", "--limit", "2",
+            "--frames", str(FRAMES), "--max-new-tokens", "2", "--model", "tiny-llava-ov",
+            "--store", str(root / "store"), "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].split("\t")[:3] == ["Method", "Retention Ratio", "VideoMME"]
+    assert printed[1].split("\t")[:2] == ["Ours", "50%/25%"]
+    notes = (out / "report.md").read_text()
+    assert "VideoMME 2 (skipped records: 0)" in notes
+    assert "token sets: 1 reused from the store, 0 indexed" in notes  # both about red.mp4
+
+    assert main(["eval", str(root / "data"), "--benchmark", "nope=/x"]) == 2
+    assert main(["eval", str(root / "store")]) == 2  # no benchmark folder in there
