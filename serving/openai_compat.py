@@ -21,6 +21,7 @@ from serving.schemas import (
     DEFAULT_MAX_NEW_TOKENS,
     MAX_QUESTION_CHARS,
     MAX_STOP_SEQUENCES,
+    MAX_SYSTEM_CHARS,
     ChatCompletionRequest,
     ChatMessage,
     MergeSettings,
@@ -71,14 +72,6 @@ def chat_question(request: ChatCompletionRequest) -> ChatQuestion:
             "send system/developer messages and exactly one user message: each request asks "
             "one question about one video (no conversation history)"
         )
-    question = _text_of(users[0]).strip()
-    if not question:
-        raise InvalidRequest("the user message has no text question")
-    if len(question) > MAX_QUESTION_CHARS:
-        raise InvalidRequest(f"the question is longer than {MAX_QUESTION_CHARS} characters")
-    system = "\n\n".join(
-        t for m in request.messages if m.role in ("system", "developer") if (t := _text_of(m))
-    )
     video_ids = set(_video_ids_of(users[0]))
     if request.video_id is not None:
         video_ids.add(request.video_id)
@@ -88,6 +81,16 @@ def chat_question(request: ChatCompletionRequest) -> ChatQuestion:
             f'{{"type": "video_url", "video_url": {{"url": "{VIDEO_URL_SCHEME}VIDEO_ID"}}}} '
             "or the field video_id"
         )
+    question = _text_of(users[0]).strip()
+    if not question:
+        raise InvalidRequest("the user message has no text question")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise InvalidRequest(f"the question is longer than {MAX_QUESTION_CHARS} characters")
+    system = "\n\n".join(
+        t for m in request.messages if m.role in ("system", "developer") if (t := _text_of(m))
+    )
+    if len(system) > MAX_SYSTEM_CHARS:
+        raise InvalidRequest(f"the system messages are longer than {MAX_SYSTEM_CHARS} characters")
     stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
     if len(stop) > MAX_STOP_SEQUENCES:
         raise InvalidRequest(f"at most {MAX_STOP_SEQUENCES} stop sequences")

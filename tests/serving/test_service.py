@@ -436,3 +436,28 @@ def test_service_recovers_when_a_model_replica_is_killed_under_load(service: Ser
     with service.client() as client:
         after = [ask(client, v, QUESTIONS[0]) for v in service.videos]
     assert [r.status_code for r in after] == [200] * len(after)
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+def test_tokenreel_ask_prints_the_answer_and_figures(
+    service: Service, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tokenreel.cli import main
+
+    monkeypatch.setenv("TOKENREEL_API_KEY", API_KEY)
+    argv = ["ask", service.videos[0], QUESTIONS[0], "--url", service.url]
+    code = main([*argv, "--max-new-tokens", "6", "--merge-layer", "2"])
+    out = capsys.readouterr().out
+    with service.client() as client:
+        expected = ask(client, service.videos[0], QUESTIONS[0]).json()["answer"]
+    assert code == 0
+    assert out.startswith(expected + "\n")
+    assert "FLOPs" in out and "after layer 2" in out
+
+    assert main([*argv, "--merge-layer", "9"]) == 1
+    assert "HTTP 422" in capsys.readouterr().err
+    monkeypatch.setenv("TOKENREEL_API_KEY", "wrong")
+    assert main(argv) == 1
+    assert "HTTP 401" in capsys.readouterr().err
