@@ -123,6 +123,28 @@ class FigureLayout:
         return x0, y0, x1, y1
 
 
+def figure_layout(
+    frames_shape: Sequence[int],
+    *,
+    panel_width: int = 192,
+    columns: int = 8,
+    question: bool = False,
+    caption_lines: int = 0,
+) -> FigureLayout:
+    """The layout `render_token_fates` draws for frames of shape [F, H, W, 3]."""
+    if panel_width < 8 or columns < 1:
+        raise ValueError(f"panel_width must be >= 8 and columns >= 1, got {panel_width}, {columns}")
+    count, height, width = frames_shape[:3]
+    return FigureLayout(
+        frame_count=count,
+        columns=columns,
+        panel_width=panel_width,
+        panel_height=max(8, round(panel_width * height / width)),
+        blocks=2 if question else 1,
+        header_height=14 * caption_lines + (4 if caption_lines else 0),
+    )
+
+
 def _line_width(layout: FigureLayout, grid_hw: tuple[int, int]) -> int:
     cell = min(layout.panel_width // grid_hw[1], layout.panel_height // grid_hw[0])
     return 2 if cell >= 10 else 1
@@ -141,24 +163,19 @@ def render_token_fates(
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 [F, H, W, 3], got {frames.dtype} {frames.shape}")
-    if panel_width < 8 or columns < 1:
-        raise ValueError(f"panel_width must be >= 8 and columns >= 1, got {panel_width}, {columns}")
-    panel_height = max(8, round(panel_width * frames.shape[1] / frames.shape[2]))
+    layout = figure_layout(
+        frames.shape, panel_width=panel_width, columns=columns,
+        question=kept_rows is not None, caption_lines=len(caption),
+    )  # fmt: skip
     font = ImageFont.load_default()
-    layout = FigureLayout(
-        frame_count=len(frames),
-        columns=columns,
-        panel_width=panel_width,
-        panel_height=panel_height,
-        blocks=1 if kept_rows is None else 2,
-        header_height=14 * len(caption) + (4 if caption else 0),
-    )
     figure = Image.new("RGB", layout.size, BACKGROUND)
     draw = ImageDraw.Draw(figure)
     for i, line in enumerate(caption):
         draw.text((layout.gap, 2 + 14 * i), line, fill=TEXT_COLOUR, font=font)
     panels = [
-        Image.fromarray(frame).resize((panel_width, panel_height), Image.Resampling.BILINEAR)
+        Image.fromarray(frame).resize(
+            (layout.panel_width, layout.panel_height), Image.Resampling.BILINEAR
+        )
         for frame in frames
     ]
     _draw_outer_block(figure, draw, layout, panels, token_set, font)
@@ -260,3 +277,103 @@ def _upsample_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
 def _cell_of_pixel(pixels: int, cells: int) -> np.ndarray:
     starts = (np.arange(cells) * pixels) // cells
     return np.searchsorted(starts, np.arange(pixels), side="right") - 1
+
+
+# -- from an indexed video to a PNG ----------------------------------------------------------------
+@dataclass
+class Visualization:
+    """What `visualize_video` drew: the figure, its token set, and the answer when asked."""
+
+    image: Image.Image
+    token_set: TokenSet
+    frames: np.ndarray
+    answer: object | None = None  # compression.video_llm.Answer
+
+
+def resolve_video_id(video: str) -> str:
+    """A video id as given, or the id of a video named by its path/URI (as the indexer names it)."""
+    from jobs.sources import normalize_uri
+    from storage.ids import VIDEO_ID_PATTERN, video_id_for
+
+    if "/" not in video and "://" not in video and VIDEO_ID_PATTERN.fullmatch(video):
+        return video
+    return video_id_for(normalize_uri(video))
+
+
+def decode_sampled_frames(token_set: TokenSet, frame_size: int | None = None) -> np.ndarray:
+    """The token set's sampled frames, decoded again from its source (the same uniform sampling
+    of `frame_count` frames the indexer used); refuses a source whose bytes or sampled
+    timestamps changed since indexing."""
+    from jobs.decode import DecodeSettings, shared_decoder
+    from jobs.sources import local_copy
+
+    if not token_set.source_uri or not token_set.frame_count:
+        raise ValueError("the token set names no source video or no sampled frames")
+    settings = DecodeSettings(num_frames=token_set.frame_count, frame_size=frame_size)
+    with local_copy(token_set.source_uri) as copy:
+        if token_set.content_hash and copy.content_hash != token_set.content_hash:
+            raise ValueError(f"{token_set.source_uri} changed since it was indexed")
+        decoded = shared_decoder().decode(copy.path, settings)
+    if not np.allclose(decoded.timestamps, token_set.frame_timestamps, atol=1e-3):
+        raise ValueError(
+            f"re-decoding {token_set.source_uri} sampled frames at {decoded.timestamps}, "
+            f"the token set at {token_set.frame_timestamps}"
+        )
+    return decoded.frames
+
+
+def visualize_video(
+    video: str,
+    store,
+    *,
+    model_id: str | None = None,
+    config_hash: str | None = None,
+    question: str | None = None,
+    merge_method: str = "text_aware",
+    merge_layer: int | None = None,
+    keep_ratio: float = 0.5,
+    lam: float = 0.5,
+    device: str = "cpu",
+    panel_width: int = 192,
+    columns: int = 8,
+) -> Visualization:
+    """Draw an indexed video's token fates (and, for a question, what layer K kept).
+
+    video: a video id, or the path/URI it was indexed from. store: a `storage.Store`.
+    model_id / config_hash select the token set (default: the most recently written one).
+    merge_*: the in-LLM merge for the question (`MergeConfig`); K defaults to the paper's 18 of
+    28 layers, scaled to the model's depth.
+    """
+    from compression.config import GenerationConfig, MergeConfig
+    from compression.video_llm import Question, load_video_llm
+    from jobs.evaluate import default_merge_layer
+
+    token_set = store.load(resolve_video_id(video), model_id, config_hash)
+    frames = decode_sampled_frames(token_set, frame_size=panel_width)
+    config = token_set.config
+    caption = [
+        _clip(token_set.source_uri),
+        f"{token_set.model_id}: {config.method} at r = {config.retention_ratio:g}, "
+        f"{token_set.kept_count} of {token_set.original_count} tokens kept",
+    ]
+    answer = None
+    if question:
+        llm = load_video_llm(token_set.model_id, device=device)
+        layer = default_merge_layer(llm.num_layers) if merge_layer is None else merge_layer
+        if not 0 < layer < llm.num_layers:
+            raise ValueError(f"merge layer K must lie in [1, {llm.num_layers - 1}], got {layer}")
+        merge = MergeConfig(merge_method, layer, keep_ratio, lam)
+        [answer] = llm.answer([Question(token_set, question)], merge, GenerationConfig())
+        caption += [_clip(f"Q: {question}"), _clip(f"A: {answer.text.strip()}")]
+    kept = None if answer is None else answer.kept_visual
+    image = render_token_fates(
+        frames, token_set, kept_rows=kept, panel_width=panel_width, columns=columns,
+        caption=caption,
+    )  # fmt: skip
+    return Visualization(image, token_set, frames, answer)
+
+
+def _clip(text: str, limit: int = 140) -> str:
+    """One caption line: long questions, answers and URIs are cut, not drawn off the figure."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

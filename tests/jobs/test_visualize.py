@@ -114,3 +114,63 @@ def test_bad_inputs() -> None:
     no_assignment = TokenSet(**{**ts.__dict__, "assignment": None})
     with pytest.raises(ValueError, match="no assignment"):
         render_token_fates(_frames(2), no_assignment)
+
+
+# -- from an indexed video (tiny model, real store) to the PNG ------------------------------------
+@pytest.mark.slow
+def test_visualize_command_draws_an_indexed_video(tmp_path, capsys) -> None:
+    from PIL import Image
+
+    from compression.config import CompressionConfig
+    from compression.outer_stage import compress_video
+    from compression.video_llm import load_video_llm
+    from jobs.decode import DecodeSettings, decode_video
+    from jobs.sample_videos import make_sample_videos
+    from jobs.sources import local_copy
+    from jobs.visualize import figure_layout, resolve_video_id, visualize_video
+    from storage import open_store
+    from storage.ids import video_id_for
+    from tokenreel.cli import main
+
+    [video] = make_sample_videos(tmp_path / "videos", 1, frames=12, width=80, height=64)
+    uri = str(video)
+    llm = load_video_llm("tiny-llava-ov")
+    decoded = decode_video(uri, DecodeSettings(num_frames=4))
+    with local_copy(uri) as copy:
+        digest = copy.content_hash
+    token_set = compress_video(
+        llm.encode(decoded.frames, decoded.timestamps), CompressionConfig(retention_ratio=0.25)
+    ).with_metadata(model_id=llm.model_id, video_id=video_id_for(uri), source_uri=uri,
+                    content_hash=digest)  # fmt: skip
+    store_url = str(tmp_path / "store")
+    open_store(store_url).save([token_set])
+    fates = token_fates(token_set)
+    assert {KEPT, MERGED} <= set(fates.reshape(-1).tolist())
+
+    result = visualize_video(uri, open_store(store_url), question="what moves", panel_width=96)
+    pixels = np.asarray(result.image)
+    layout = figure_layout(decoded.frames.shape, panel_width=96, question=True, caption_lines=4)
+    assert result.image.size == layout.size
+    np.testing.assert_array_equal(result.frames, decoded.frames)  # the same sampled frames
+
+    def edge(block: int, f: int, h: int, w: int) -> tuple[int, ...]:
+        x0, y0, _, y1 = layout.patch_box(block, f, h, w, (3, 3))
+        return tuple(pixels[(y0 + y1) // 2, x0 + 1])
+
+    kept_rows = set(result.answer.kept_visual.tolist())
+    assignment = token_set.assignment.reshape(4, 3, 3)
+    for f in range(4):
+        for h in range(3):
+            for w in range(3):
+                assert edge(0, f, h, w) == FATE_COLOURS[int(fates[f, h, w])]
+                kept_at_k = int(assignment[f, h, w]) in kept_rows
+                assert (edge(1, f, h, w) == QUESTION_KEPT_COLOUR) == kept_at_k
+
+    out = tmp_path / "fates.png"
+    argv = ["visualize", uri, "--store", store_url, "--out", str(out), "--question", "what"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == str(out)
+    assert Image.open(out).size == figure_layout(decoded.frames.shape, question=True,
+                                                 caption_lines=4).size  # fmt: skip
+    assert resolve_video_id(uri) == token_set.video_id
+    assert main(["visualize", "0123456789abcdef", "--store", store_url]) == 2  # unknown id
