@@ -43,12 +43,18 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from compression.config import CompressionConfig, GenerationConfig, MergeConfig
 from compression.flops import prefill_decode_flops
-from jobs.benchmarks import Benchmark, MultipleChoiceItem
+from compression.token_set import TokenSet
+from compression.video_llm import Answer, Question, VideoLLM
+from jobs.benchmarks import LETTERS, SCORED_AS_TASK_MEAN, Benchmark, MultipleChoiceItem
 from jobs.choices import build_prompt, extract_choice
 from jobs.report import ReportRow, TaskScore
+
+if TYPE_CHECKING:  # storage pulls in pyarrow and SQLAlchemy; only the runner needs them
+    from storage import Store, TokenSetLocation
 
 SWEEP_METHODS: tuple[str, ...] = (
     "full",
@@ -190,12 +196,12 @@ class Prediction:
 def predictions_for(
     entry: SweepEntry,
     items: Sequence[MultipleChoiceItem],
-    answers: Sequence,
+    answers: Sequence[Answer],
     *,
     hidden: int,
     ffn: int,
 ) -> list[Prediction]:
-    """Score answers (`compression.video_llm.Answer`) to `items` under `entry`."""
+    """Score the answers to `items` under `entry`."""
     out = []
     for item, answer in zip(items, answers, strict=True):
         choice = extract_choice(answer.text, item.options)
@@ -208,7 +214,7 @@ def predictions_for(
                 video=str(item.video),
                 answer=item.answer_letter,
                 response=answer.text,
-                choice=None if choice is None else "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[choice],
+                choice=None if choice is None else LETTERS[choice],
                 visual_tokens_in=answer.visual_tokens_in,
                 visual_tokens_after_merge=answer.visual_tokens_after_merge,
                 flops=prefill_decode_flops(answer.layer_visual_tokens, hidden, ffn),
@@ -224,8 +230,6 @@ def summarise(
     predictions: Sequence[Prediction],
 ) -> tuple[list[ReportRow], list[TaskScore]]:
     """Per row: the score of each benchmark (MLVU: mean over its tasks), FLOPs; per task too."""
-    from jobs.benchmarks import SCORED_AS_TASK_MEAN
-
     by_row: dict[str, list[Prediction]] = defaultdict(list)
     for p in predictions:
         by_row[p.row].append(p)
@@ -315,17 +319,15 @@ def _batches(items: Sequence[MultipleChoiceItem], size: int) -> list[list[Multip
 
 
 def ask_sweep(
-    llm,
+    llm: VideoLLM,
     entries: Sequence[SweepEntry],
     items: Sequence[MultipleChoiceItem],
-    token_set_for: Callable[[MultipleChoiceItem, CompressionConfig], object],
+    token_set_for: Callable[[MultipleChoiceItem, CompressionConfig], TokenSet],
     settings: EvalSettings,
     progress: Callable[[str], None] = lambda message: None,
 ) -> list[Prediction]:
     """Every question under every sweep row; `token_set_for(item, outer_config)` gives the
     question's token set."""
-    from compression.video_llm import Question
-
     generation = GenerationConfig(max_new_tokens=settings.max_new_tokens, temperature=0.0)
     predictions: list[Prediction] = []
     for n, entry in enumerate(entries, start=1):
@@ -360,15 +362,15 @@ class BenchmarkTokenSets:
     `get` loads one back (a small LRU keeps the sets of the current batch).
     """
 
-    def __init__(self, llm, store, settings: EvalSettings) -> None:
+    def __init__(self, llm: VideoLLM, store: Store, settings: EvalSettings) -> None:
         self.llm = llm
-        self.store = store  # storage.Store: token-set files + catalog
+        self.store = store
         self.settings = settings
         self.failed: dict[str, str] = {}
         self.indexed = 0
         self.reused = 0
-        self._locations: dict[tuple[str, str], object] = {}
-        self._loaded: OrderedDict[tuple[str, str], object] = OrderedDict()
+        self._locations: dict[tuple[str, str], TokenSetLocation] = {}
+        self._loaded: OrderedDict[tuple[str, str], TokenSet] = OrderedDict()
 
     def prepare(
         self,
@@ -382,7 +384,7 @@ class BenchmarkTokenSets:
                 progress(f"indexing {n}/{len(uris)}: {uri} under {len(missing)} configs")
                 self._index(uri, missing)
 
-    def get(self, uri: str, config: CompressionConfig):
+    def get(self, uri: str, config: CompressionConfig) -> TokenSet:
         from storage.token_files import read_token_set
 
         key = (uri, config.stable_hash())
@@ -463,11 +465,11 @@ def unique_configs(entries: Sequence[SweepEntry]) -> list[CompressionConfig]:
 
 def run_evaluation(
     benchmarks: Sequence[Benchmark],
-    llm,
+    llm: VideoLLM,
     entries: Sequence[SweepEntry],
     settings: EvalSettings,
     *,
-    store,
+    store: Store,
     out_dir: str | Path,
     progress: Callable[[str], None] = lambda message: None,
 ) -> EvalResult:

@@ -27,12 +27,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+if TYPE_CHECKING:
+    from storage import Store
+
 from compression.token_set import TokenKind, TokenSet
+from compression.video_llm import Answer
 
 KEPT, MERGED, DROPPED = 0, 1, 2
 FATE_COLOURS: dict[int, tuple[int, int, int]] = {
@@ -287,7 +292,7 @@ class Visualization:
     image: Image.Image
     token_set: TokenSet
     frames: np.ndarray
-    answer: object | None = None  # compression.video_llm.Answer
+    answer: Answer | None = None
 
 
 def resolve_video_id(video: str) -> str:
@@ -324,7 +329,7 @@ def decode_sampled_frames(token_set: TokenSet, frame_size: int | None = None) ->
 
 def visualize_video(
     video: str,
-    store,
+    store: Store,
     *,
     model_id: str | None = None,
     config_hash: str | None = None,
