@@ -6,7 +6,9 @@ For F frames x 196 tokens at d = 3584 (LLaVA-OV-7B's projected tokens), retentio
 * naive pool: the obvious form, the full N x N cosine matrix, then a host loop over tokens;
 * matmul: one [N, d] x [d, N] product in the tokens' dtype on the same device (the yardstick:
   the naive pool can never be faster than this);
-* DPC-KNN: the recycle-pool clustering alone; compress: the whole `compression.compress`;
+* DPC-KNN: the recycle-pool clustering alone; compress: one whole `compression.compress` call
+  (on CPU in the memory subprocess below); on CUDA also `compress_batch` over --batch videos,
+  per video;
 * peak extra memory of `compress` over its inputs: on CUDA from torch.cuda.max_memory_allocated,
   on CPU in a fresh subprocess: its peak RSS (VmHWM) during compress minus its RSS (VmRSS) just
   before, the inputs being built frame by frame so nothing earlier set a higher peak (the figure
@@ -14,7 +16,6 @@ For F frames x 196 tokens at d = 3584 (LLaVA-OV-7B's projected tokens), retentio
 
 Tokens are synthetic with video-like redundancy: a scene of 196 random tokens that changes every
 8 frames, and per-frame noise (cosine ~0.9 between neighbouring frames), so the pool rejects.
-On CUDA (bf16) `compress_batch` runs a batch of videos and reports the time per video.
 
     .venv/bin/python bench/bench_compress.py [--frames 32 64 128] [--json PATH]
 """
@@ -75,8 +76,10 @@ def naive_pool(tokens: torch.Tensor, scores: torch.Tensor, capacity: int, tau: f
 
 
 def timed(fn: Callable[[], object], device: str, repeat: int) -> float:
-    """Median seconds of `repeat` runs after one warm-up run."""
-    fn()
+    """Median seconds of `repeat` runs, after one warm-up run on CUDA or when repeat > 1 (on CPU
+    a lone run of a many-second step needs no warm-up)."""
+    if device == "cuda" or repeat > 1:
+        fn()
     times = []
     for _ in range(repeat):
         if device == "cuda":
@@ -89,27 +92,34 @@ def timed(fn: Callable[[], object], device: str, repeat: int) -> float:
     return statistics.median(times)
 
 
-def peak_extra_bytes(frames: int, dim: int, device: str, dtype: torch.dtype) -> int:
+def compress_cost(frames: int, dim: int, device: str, dtype: torch.dtype) -> tuple[float, int]:
+    """(seconds, peak extra bytes) of one `compress` call on a fresh video."""
     if device == "cuda":
         tokens, scores, index = synthetic_video(frames, dim, device, dtype)
+        compress(tokens[:392], scores[:392], index[:392], CompressionConfig())  # warm-up
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
+        start = time.perf_counter()
         compress(tokens, scores, index, CompressionConfig())
         torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
+        return time.perf_counter() - start, torch.cuda.max_memory_allocated() - base
     command = [sys.executable, __file__, "--_rss-child", str(frames), str(dim), str(dtype)]
-    return int(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()
+    return float(output[0]), int(output[1])
 
 
 def _rss_child(frames: int, dim: int, dtype_name: str) -> None:
-    """Subprocess body: peak RSS (VmHWM) during one `compress` call minus the RSS before it."""
+    """Subprocess body: seconds of one `compress` call, and its peak RSS (VmHWM) minus the RSS
+    (VmRSS) just before it."""
     dtype = getattr(torch, dtype_name.removeprefix("torch."))
     tokens, scores, index = synthetic_video(frames, dim, "cpu", dtype)
     compress(tokens[:392], scores[:392], index[:392], CompressionConfig())  # load kernels first
     before = _proc_status_kib("VmRSS")
+    start = time.perf_counter()
     compress(tokens, scores, index, CompressionConfig())
-    print((_proc_status_kib("VmHWM") - before) * 1024)
+    seconds = time.perf_counter() - start
+    print(seconds, (_proc_status_kib("VmHWM") - before) * 1024)
 
 
 def _proc_status_kib(field: str) -> int:
@@ -132,23 +142,24 @@ def bench_one(frames: int, args: argparse.Namespace, device: str, dtype: torch.d
     )
     row["matmul_s"] = timed(lambda: tokens @ tokens.T, device, args.repeat)
     if 4 * n * n <= args.naive_max_bytes:
-        assert naive_pool(tokens, scores, capacity, config.tau) == pool.tolist()
-        row["naive_pool_s"] = timed(
-            lambda: naive_pool(tokens, scores, capacity, config.tau), device, 1
-        )
+        start = time.perf_counter()
+        naive = naive_pool(tokens, scores, capacity, config.tau)
+        row["naive_pool_s"] = time.perf_counter() - start
+        assert naive == pool.tolist(), "the naive pool must pick the same tokens"
     in_pool = torch.zeros(n, dtype=torch.bool, device=device)
     in_pool[pool] = True
     recycled = tokens[~in_pool]
     clusters = config.budget(n) - pool.numel()
     row["dpc_knn_s"] = timed(lambda: dpc_knn(recycled, clusters, config.knn_k), device, 1)
+    row["compress_s"], peak = compress_cost(frames, args.dim, device, dtype)
+    row["peak_extra_mib"] = peak / 2**20
     if device == "cuda":
         videos = [
             EncodedVideo(tokens=tokens, index=index, scores=scores, grid=(frames, SIDE, SIDE))
         ] * args.batch
-        row["compress_s"] = timed(lambda: compress_batch(videos, config), device, 1) / args.batch
-    else:
-        row["compress_s"] = timed(lambda: compress(tokens, scores, index, config), device, 1)
-    row["peak_extra_mib"] = peak_extra_bytes(frames, args.dim, device, dtype) / 2**20
+        row["batch_s_per_video"] = timed(lambda: compress_batch(videos, config), device, 1) / len(
+            videos
+        )
     return row
 
 
@@ -182,15 +193,17 @@ def main() -> int:
     print(f"\ndevice: {device} ({machine}), dtype {dtype}, retention 2%, tau 0.7, k 7")
     print(
         "frames | N | pool s | matmul s | pool/matmul | naive pool s | naive/pool | "
-        "DPC-KNN s | compress s/video | peak extra MiB"
+        "DPC-KNN s | compress s | batch s/video | peak extra MiB"
     )
     for r in rows:
         naive = r.get("naive_pool_s")
         naive_cells = f"{naive:.3f} | {naive / r['pool_s']:.1f}x" if naive else "skipped | -"
+        batch = r.get("batch_s_per_video")
         print(
             f"{r['frames']} | {r['tokens']} | {r['pool_s']:.3f} | {r['matmul_s']:.3f} | "
             f"{r['pool_s'] / r['matmul_s']:.2f} | {naive_cells} | {r['dpc_knn_s']:.3f} | "
-            f"{r['compress_s']:.3f} | {r['peak_extra_mib']:.0f}"
+            f"{r['compress_s']:.3f} | {f'{batch:.3f}' if batch else '-'} | "
+            f"{r['peak_extra_mib']:.0f}"
         )
     if args.json:
         args.json.write_text(json.dumps({"device": device, "machine": machine, "rows": rows}))
