@@ -30,8 +30,9 @@ INNER_METHODS: tuple[str, ...] = ("text_aware", "fastv", "none")
 
 
 def _check_ratio(name: str, value: float, *, allow_zero: bool = False) -> None:
-    low_ok = value >= 0.0 if allow_zero else value > 0.0
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and low_ok and value <= 1.0):
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    low_ok = is_number and (value >= 0.0 if allow_zero else value > 0.0)
+    if not (low_ok and math.isfinite(value) and value <= 1.0):
         bound = "[0, 1]" if allow_zero else "(0, 1]"
         raise ValueError(f"{name} must be a finite number in {bound}, got {value!r}")
 

@@ -130,6 +130,9 @@ class TokenSet:
             raise ValueError("index has entries outside the grid")
         if m and (self.size < 1).any():
             raise ValueError("every token stands for at least one original token")
+        a = self.assignment
+        if a is not None and (a.min() < -1 or a.max() >= m):
+            raise ValueError(f"assignment entries must be -1 (dropped) or rows 0..{m - 1}")
         kinds = {int(k) for k in self.kind.unique().tolist()}
         if not kinds <= {k.value for k in TokenKind}:
             raise ValueError(f"unknown token kinds {sorted(kinds)}")
