@@ -273,3 +273,18 @@ def test_cuda_matches_cpu():
     for name in ("index", "kind", "size", "assignment"):
         assert torch.equal(getattr(on_cpu, name), getattr(on_gpu, name))
     assert torch.allclose(on_cpu.tokens, on_gpu.tokens, atol=1e-5)
+
+
+def test_token_set_rejects_out_of_range_assignment():
+    tokens, scores, index = random_video(frames=1, side=3)
+    token_set = compress(tokens, scores, index, CompressionConfig(retention_ratio=0.3))
+    bad = token_set.assignment.clone()
+    bad[0] = token_set.kept_count
+    with pytest.raises(ValueError, match="assignment entries"):
+        TokenSet(**{**token_set.__dict__, "assignment": bad})
+
+
+@pytest.mark.parametrize("value", ["0.1", True, float("nan"), 0.0, 1.5])
+def test_config_rejects_non_ratios(value):
+    with pytest.raises(ValueError, match="retention_ratio"):
+        CompressionConfig(retention_ratio=value)
