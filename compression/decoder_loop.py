@@ -485,8 +485,10 @@ class GenerationRun:
     """Prefill + decoding of a batch; iterate for streamed text, then read `answers`.
 
     Each iteration step yields one text piece per sequence (possibly ""); pieces concatenate to
-    the final text. The EOS token is not part of `token_ids` or the text; a stop string ends the
-    text just before it (the tokens that produced it stay in `token_ids`).
+    the final text. Text that might still turn into a stop string is held back until it cannot.
+    The EOS token is not part of `token_ids` or the text; a stop string ends the text just
+    before it (the tokens that produced it stay in `token_ids`). `prefill_seconds` (prefill and
+    first token) and `decode_seconds` (the remaining steps) are those of the whole batch.
     """
 
     def __init__(

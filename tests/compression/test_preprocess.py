@@ -103,3 +103,12 @@ def test_bad_settings_are_rejected():
         FramePreprocessing(resample=5)
     with pytest.raises(ValueError):
         FramePreprocessing(image_std=(0.5, 0.0, 0.5))
+
+
+def test_long_videos_are_processed_in_chunks_with_the_same_result():
+    frames = smooth_frames(20, 40, 30)  # more frames than one conversion chunk
+    settings = FramePreprocessing(size=(28, 28))
+    whole = preprocess_frames(frames, settings)
+    one_by_one = torch.cat([preprocess_frames(f[None], settings) for f in frames])
+    assert whole.shape == (20, 3, 28, 28)
+    torch.testing.assert_close(whole, one_by_one, rtol=0, atol=0)
