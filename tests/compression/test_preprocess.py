@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from single_thread import single_torch_thread  # noqa: F401 - fixture
 
 from compression.preprocess import FramePreprocessing, as_frame_tensor, preprocess_frames
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def smooth_frames(count: int, height: int, width: int) -> np.ndarray:
