@@ -17,7 +17,9 @@ Loss-free under failure. Every video ends as a catalog row: `indexed`, or `faile
 readable reason. A video that cannot be decoded or encoded is caught inside the stage that
 failed and travels on as an error row (a raised exception would make Ray Data drop or abort the
 block); only storage failures raise, and those leave the videos `pending` for the next run.
-Killed workers are retried (tasks: `max_retries`; actors: `max_restarts` + `max_task_retries`);
+Killed workers are retried by Ray Data's defaults (tasks `max_retries=-1`; actors
+`max_restarts=-1`, `max_task_retries=-1`: a lost worker is always replaced, and a video whose
+decoder crashes takes down only its decoder child process, so no video can loop a retry);
 catalog writes are upserts on (video, model, config), so a retried batch cannot duplicate a row.
 A rerun with the same arguments skips what is indexed and resumes the rest (`pending`); failed
 videos are retried only with `retry_failed`. A file written by a batch whose catalog rows never
@@ -32,10 +34,11 @@ that a worker lost mid-job costs nothing and duplicates nothing.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import pickle
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -54,8 +57,6 @@ MODEL_ENV = "TOKENREEL_MODEL"
 CHAOS_ENV = "TOKENREEL_CHAOS_EXIT_ONCE"
 # Writing is I/O-bound: a quarter CPU lets it run beside the decode tasks and the encode actors.
 WRITE_TASK_CPUS = 0.25
-# Retries of a lost worker (a crash, a preempted node); a video's own errors are never retried.
-MAX_RETRIES = 3
 MAX_LISTED_FAILURES = 20
 
 
@@ -130,12 +131,35 @@ class IndexSummary:
 
 
 @dataclass(frozen=True)
+class ModelLoader:
+    """How each encode actor gets its model, for models `load_video_llm` does not know by name
+    (a notebook's own checkpoint, a benchmark's random-weight model).
+
+    model_id: the id the catalog and the token sets carry; `load(device=...)` must return a
+    `VideoLLM` with that `model_id` (checked in every actor). load must be picklable (a module
+    function or a functools.partial of one). frame_size: the short side to decode frames to
+    (None: source size).
+    """
+
+    model_id: str
+    load: Callable[..., Any]
+    frame_size: int | None = None
+
+    @classmethod
+    def by_name(cls, model: str) -> ModelLoader:
+        """A built-in tiny model, a hub id or a local checkpoint, via `load_video_llm`."""
+        from compression.video_llm import load_video_llm
+
+        return cls(model, functools.partial(load_video_llm, model), model_frame_size(model))
+
+
+@dataclass(frozen=True)
 class _Job:
     """The settings every stage needs, resolved once on the driver."""
 
     store_url: str
     catalog_url: str
-    model: str
+    model: ModelLoader
     config: CompressionConfig
     decode: DecodeSettings
     run_id: str
@@ -152,7 +176,7 @@ def index_videos(
     *,
     store_url: str | None = None,
     catalog_url: str | None = None,
-    model: str | None = None,
+    model: str | ModelLoader | None = None,
     config: CompressionConfig | None = None,
     frames: int = 32,
     frame_size: int | None = None,
@@ -166,13 +190,15 @@ def index_videos(
     num_cpus: int | None = None,
     runtime_env: dict[str, Any] | None = None,
     progress: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> IndexSummary:
     """Index the videos SOURCE names (see `jobs.sources`) into compressed token sets.
 
     store_url / catalog_url: where token sets and the catalog live (defaults: `storage.open_store`,
     i.e. $TOKENREEL_STORE_URL or ./tokenreel-data, and a SQLite file in a local store).
-    model: a plug-in name for `load_video_llm` ($TOKENREEL_MODEL, else "tiny-llava-ov"); its
-    name is the model id in the catalog. config: the outer compression stage (paper defaults).
+    model: a plug-in name for `load_video_llm` ($TOKENREEL_MODEL, else "tiny-llava-ov"), which
+    is also the model id in the catalog, or a `ModelLoader`. config: the outer compression
+    stage (paper defaults).
     frames: F sampled frames per video. frame_size: short side frames are decoded to (default:
     the vision tower's input side for LLaVA-OneVision models, the source size otherwise).
     ray_address: a cluster to join; default: reuse an initialised Ray, else start a local one
@@ -180,6 +206,7 @@ def index_videos(
     decode_workers: concurrent decode tasks (None: as many as free CPUs allow).
     batch_size: videos per encode batch and per Parquet file. runtime_env: Ray runtime env for
     the job's workers (e.g. storage endpoint variables when joining a running Ray).
+    progress: show a progress bar; on_progress(done, todo) is called as videos finish.
     """
     import ray
 
@@ -187,22 +214,23 @@ def index_videos(
     from storage import open_store
 
     model = model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+    loader = model if isinstance(model, ModelLoader) else ModelLoader.by_name(model)
     config = config or CompressionConfig()
     _check_counts(workers=workers, batch_size=batch_size, decode_workers=decode_workers)
     if gpus_per_worker < 0:
         raise ValueError(f"gpus_per_worker must be >= 0, got {gpus_per_worker}")
     decode = DecodeSettings(
         num_frames=frames,
-        frame_size=frame_size if frame_size is not None else model_frame_size(model),
+        frame_size=frame_size if frame_size is not None else loader.frame_size,
         timeout_s=decode_timeout_s,
     )
     uris = list_sources(source)
     store = open_store(store_url, catalog_url)
     catalog = store.catalog
-    model_id, config_hash = model, config.stable_hash()
+    model_id, config_hash = loader.model_id, config.stable_hash()
     settings = {
         "source": os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<list>",
-        "model": model,
+        "model": model_id,
         "config": config.to_dict(),
         "decode": dataclasses.asdict(decode),
         "workers": workers,
@@ -218,7 +246,7 @@ def index_videos(
     job = _Job(
         store_url=store.store_url,
         catalog_url=catalog.url,
-        model=model,
+        model=loader,
         config=config,
         decode=decode,
         run_id=run_id,
@@ -236,6 +264,8 @@ def index_videos(
                 with _progress_bar(len(todo), enabled=progress) as bar:
                     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
                         bar.update(tally.add(batch))
+                        if on_progress is not None:
+                            on_progress(tally.done, len(todo))
     except BaseException:
         catalog.finish_run(run_id, {**tally.counts(), "interrupted": 1})
         raise
@@ -305,8 +335,7 @@ def _pipeline(
             batch_size=1,
             batch_format="numpy",
             num_cpus=1,
-            concurrency=decode_workers,
-            max_retries=MAX_RETRIES,
+            compute=data.TaskPoolStrategy(size=decode_workers),
             **env,
         )
         .map_batches(
@@ -316,9 +345,7 @@ def _pipeline(
             batch_format="numpy",
             num_cpus=1,
             num_gpus=gpus_per_worker,
-            concurrency=workers,
-            max_restarts=MAX_RETRIES,
-            max_task_retries=MAX_RETRIES,
+            compute=data.ActorPoolStrategy(size=workers),
             **env,
         )
         .map_batches(
@@ -327,8 +354,6 @@ def _pipeline(
             batch_size=job.batch_size,
             batch_format="numpy",
             num_cpus=WRITE_TASK_CPUS,
-            max_retries=MAX_RETRIES,
-            retry_exceptions=True,  # storage hiccups (S3 throttling, a busy catalog) are transient
             **env,
         )
     )
@@ -370,15 +395,13 @@ class EncodeAndCompress:
     """Encode stage: the vision tower + projector, then the outer compression, per batch."""
 
     def __init__(self, job: _Job, chaos_flag: str | None = None) -> None:
-        from compression.video_llm import load_video_llm
-
         self.job = job
         self.chaos_flag = chaos_flag
-        self.llm = load_video_llm(job.model, device=job.device)
-        if self.llm.model_id != job.model:
+        self.llm = job.model.load(device=job.device)
+        if self.llm.model_id != job.model.model_id:
             raise RuntimeError(
-                f"the plug-in reports model id {self.llm.model_id!r} for {job.model!r}; "
-                "the catalog would key its token sets wrongly"
+                f"the loaded model reports id {self.llm.model_id!r}, expected "
+                f"{job.model.model_id!r}: the catalog would key its token sets wrongly"
             )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
@@ -497,7 +520,7 @@ def write_batch(batch: dict[str, np.ndarray], job: _Job) -> dict[str, list]:
         if row["error"]:
             store.catalog.record_failed(
                 row["uri"],
-                job.model,
+                job.model.model_id,
                 job.config_hash,
                 row["error"],
                 run_id=job.run_id,
@@ -536,6 +559,10 @@ class _Tally:
     stage_seconds: dict[str, float] = field(
         default_factory=lambda: dict.fromkeys(("decode", "encode", "compress", "write"), 0.0)
     )
+
+    @property
+    def done(self) -> int:
+        return self.indexed + len(self.failures)
 
     def add(self, batch: dict[str, np.ndarray]) -> int:
         """Count one output batch of the write stage; return how many videos it finished."""
