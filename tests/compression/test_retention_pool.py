@@ -3,6 +3,7 @@ and no N x N matrix on the way."""
 
 from __future__ import annotations
 
+import pytest
 import reference as ref
 import torch
 from hypothesis import assume, given, settings
@@ -18,8 +19,11 @@ def test_matches_reference(video: ref.IntegerVideo, capacity_share: float, wante
     tau, gap = ref.tau_between_cosines(video.tokens, wanted_tau)
     assume(gap > 1e-4)  # no cosine near tau: float32 and float64 must agree on every test
     capacity = max(1, round(capacity_share * len(video.tokens)))
-    fast = retention_pool(torch.tensor(video.tokens), torch.tensor(video.scores), capacity, tau)
-    assert fast.tolist() == ref.retention_pool(video.tokens, video.scores, capacity, tau)
+    expected = ref.retention_pool(video.tokens, video.scores, capacity, tau)
+    tokens, scores = torch.tensor(video.tokens), torch.tensor(video.scores)
+    for block_size in (None, 1, 3):  # one block, and many
+        fast = retention_pool(tokens, scores, capacity, tau, block_size=block_size)
+        assert fast.tolist() == expected
 
 
 def test_members_are_pairwise_dissimilar_and_in_contribution_order():
@@ -40,8 +44,9 @@ def test_stops_when_candidates_run_out_beyond_the_exhaustion_check():
     directions = torch.eye(70)
     tokens = directions.repeat(3, 1) * torch.arange(1, 211).unsqueeze(1)
     scores = torch.linspace(1.0, 0.0, 210)
-    pool = retention_pool(tokens, scores, capacity=150, tau=0.5)
-    assert pool.tolist() == list(range(70))
+    for block_size in (None, 16):
+        pool = retention_pool(tokens, scores, capacity=150, tau=0.5, block_size=block_size)
+        assert pool.tolist() == list(range(70))
 
 
 def test_identical_tokens_and_zero_tokens():
@@ -82,11 +87,12 @@ class _LargestOutput(TorchDispatchMode):
         return out
 
 
-def test_never_builds_an_n_by_n_matrix():
-    n, d = 4000, 8
+@pytest.mark.parametrize("tau", [0.7, -0.99])  # the pool fills in the first block / never fills
+def test_never_builds_an_n_by_n_matrix(tau: float):
+    n, d = 8000, 8
     gen = torch.Generator().manual_seed(2)
     tokens, scores = torch.randn(n, d, generator=gen), torch.rand(n, generator=gen)
     with _LargestOutput() as mode:
-        pool = retention_pool(tokens, scores, capacity=80, tau=0.7)
-    assert pool.numel() == 80
-    assert mode.largest <= n * d  # an N x N matrix would be 500x larger
+        pool = retention_pool(tokens, scores, capacity=80, tau=tau)
+    assert pool.numel() == (80 if tau > 0 else 1)
+    assert mode.largest <= max(n * d, 512 * 512)  # one 512-token block; N x N is 244x larger
