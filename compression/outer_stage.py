@@ -6,7 +6,8 @@ and its cluster tokens refill the budget to exactly M = max(1, round(r N)) token
 sorted into original order. `config.method` switches to a baseline on the same tokens.
 
 Host synchronisations per video: a handful for input validation and for splitting the recycle
-pool (its size is data dependent), plus one per 64 pool admissions; none per token.
+pool (its size is data dependent), one per block of the retention pool (plus one per 64
+admissions inside a block); none per token.
 """
 
 from __future__ import annotations
