@@ -56,6 +56,18 @@ from storage.catalog import Catalog, VideoRecord, VideoStatus
 from storage.ids import validate_video_id
 
 UNAUTHENTICATED_PATHS = frozenset({"/healthz"})
+API_DESCRIPTION = """Questions over the compressed visual-token sets of indexed videos.
+
+* `POST /v1/videos/{video_id}/ask`: one question, with token counts, FLOPs ratio and timings.
+* `POST /v1/chat/completions`: OpenAI-compatible (streaming with `stream: true`). Name the video
+  with a content part `{"type": "video_url", "video_url": {"url": "tokenreel://VIDEO_ID"}}` in
+  the user message, or the extra field `video_id`; merge settings go in the extra field `merge`
+  (with the `openai` client: `extra_body={"video_id": ..., "merge": {"layer": 18}}`). One user
+  message per request (system/developer messages allowed); greedy decoding unless `temperature`
+  is set.
+* Authentication, when the server has `TOKENREEL_API_KEY`: `Authorization: Bearer <key>` on
+  every path but `/healthz`.
+"""
 REPLICA_RETRIES = 3
 MAX_REASON_CHARS = 500
 
@@ -201,32 +213,28 @@ def _figures(report: AnswerReport, total_s: float) -> dict[str, Any]:
 
 def create_api(server: ApiServer) -> FastAPI:
     """The FastAPI app of one `ApiServer` replica (routes close over `server`)."""
-    api = FastAPI(
-        title="tokenreel",
-        description="Questions over compressed visual-token sets of indexed videos.",
-        version="0.1.0",
-    )
+    api = FastAPI(title="tokenreel", description=API_DESCRIPTION, version="0.1.0")
     install_error_handlers(api)
 
     @api.middleware("http")
     async def authenticate_and_count(request: Request, call_next: Any) -> Response:
         started = time.perf_counter()
-        if request.url.path in UNAUTHENTICATED_PATHS:
-            response = await call_next(request)
-        else:
-            try:
+        try:
+            if request.url.path not in UNAUTHENTICATED_PATHS:
                 check_authorization(request.headers.get("authorization"), server.key_digest)
-                response = await call_next(request)
-            except Unauthorized as exc:
-                response = JSONResponse(
-                    error_body(exc.message, exc.error_type),
-                    status_code=401,
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-            except Exception as exc:
-                response = internal_error_response(exc)
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", "unmatched")
+            response = await call_next(request)
+            # Label by route template (bounded), never by raw path (one series per video id).
+            endpoint = getattr(request.scope.get("route"), "path", "unmatched")
+        except Unauthorized as exc:
+            response = JSONResponse(
+                error_body(exc.message, exc.error_type),
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+            endpoint = "unauthenticated"
+        except Exception as exc:  # whatever escaped the app becomes a clean 500
+            response = internal_error_response(exc)
+            endpoint = getattr(request.scope.get("route"), "path", "unmatched")
         server.metrics.record_request(endpoint, response.status_code, time.perf_counter() - started)
         return response
 

@@ -9,12 +9,14 @@ Argument keys: the fields of `serving.settings.ServeSettings`. The API key is re
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ray import serve
 from ray.serve import Application
 from ray.serve.config import AutoscalingConfig, RequestRouterConfig
 
+from compression.video_llm import VideoLLM
 from serving.api import ApiServer
 from serving.auth import api_key_digest_from_env
 from serving.model_server import ModelServer
@@ -58,6 +60,15 @@ def api_deployment(settings: ServeSettings) -> serve.Deployment:
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
     """The application for `serve.run` / `serve run` / a RayService (see module docstring)."""
-    settings = ServeSettings.from_args(args)
-    engine = model_deployment(settings).bind(settings)
-    return api_deployment(settings).bind(engine, settings, api_key_digest_from_env())
+    return application(ServeSettings.from_args(args), api_key_digest_from_env())
+
+
+def application(
+    settings: ServeSettings,
+    key_digest: str | None,
+    llm_factory: Callable[[], VideoLLM] | None = None,
+) -> Application:
+    """The two deployments bound together; `llm_factory` replaces `load_video_llm` (see
+    `ModelServer`)."""
+    engine = model_deployment(settings).bind(settings, llm_factory)
+    return api_deployment(settings).bind(engine, settings, key_digest)

@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from ray import serve
 
+from compression.video_llm import VideoLLM
 from serving.cache import CacheStats
 from serving.engine import AnswerEngine, AnswerReport, AskJob, ModelInfo, PreparedQuestion
 from serving.metrics import EngineMetrics
@@ -26,12 +27,17 @@ T = TypeVar("T")
 class ModelServer:
     """Deployment class; `serving.app.build_app` sets its resources, autoscaling and router."""
 
-    def __init__(self, settings: ServeSettings) -> None:
+    def __init__(
+        self, settings: ServeSettings, llm_factory: Callable[[], VideoLLM] | None = None
+    ) -> None:
+        # llm_factory: build the model some other way than `load_video_llm(settings.model)`
+        # (the serving benchmark's random-weight 7B model); called once, in the replica.
         self.engine = AnswerEngine(
             settings.model,
             device=settings.device,
             dtype=settings.dtype,
             cache_bytes=settings.cache_bytes,
+            llm=llm_factory() if llm_factory is not None else None,
         )
         self.metrics = EngineMetrics()
         self._answer_batched.set_max_batch_size(settings.max_batch_size)
