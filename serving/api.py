@@ -18,7 +18,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.exceptions import RayActorError
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from serving import openai_compat
 from serving.auth import check_authorization
@@ -107,11 +107,11 @@ class ApiServer:
     async def ask(self, job: AskJob) -> AnswerReport:
         return await self._with_retries(lambda: self.engine.ask.remote(job))
 
-    async def ask_stream(self, job: AskJob) -> tuple[Any, AsyncIterator[Any]]:
+    async def ask_stream(self, job: AskJob) -> tuple[Any, DeploymentResponseGenerator]:
         """(first item, the stream): the first item is awaited here so that a failure before
         any text (unknown token set, dead replica) is still an HTTP error, not a broken stream."""
 
-        async def start() -> tuple[Any, AsyncIterator[Any]]:
+        async def start() -> tuple[Any, DeploymentResponseGenerator]:
             stream = self.engine.options(stream=True).ask_stream.remote(job)
             return await stream.__anext__(), stream
 
@@ -312,7 +312,7 @@ def create_api(server: ApiServer) -> FastAPI:
 
 async def _chat_events(
     first: Any,
-    stream: AsyncIterator[Any],
+    stream: DeploymentResponseGenerator,
     request_id: str,
     model: str,
     include_usage: bool,
@@ -320,7 +320,7 @@ async def _chat_events(
 ) -> AsyncIterator[str]:
     """SSE chunks: the role, each text piece as decoded, the finish reason, (usage), [DONE]."""
     yield openai_compat.sse(openai_compat.chunk(request_id, model, {"role": "assistant"}))
-    item = first
+    item, finished = first, False
     try:
         while True:
             if isinstance(item, AnswerReport):
@@ -335,12 +335,17 @@ async def _chat_events(
                     yield openai_compat.sse(
                         openai_compat.chunk(request_id, model, None, extra=usage)
                     )
+                finished = True
                 break
             yield openai_compat.sse(openai_compat.chunk(request_id, model, {"content": item}))
             item = await stream.__anext__()
-    except Exception as exc:
+    except Exception as exc:  # headers are sent: report in-band, without internals
+        finished = True
         message = exc.message if isinstance(exc, ServingError) else "internal server error"
         if not isinstance(exc, ServingError):
             logger.error("stream %s failed", request_id, exc_info=exc)
         yield openai_compat.sse(error_body(message, "server_error"))
+    finally:
+        if not finished:  # the client hung up: stop generating on the model replica too
+            stream.cancel()
     yield openai_compat.SSE_DONE
