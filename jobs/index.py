@@ -55,8 +55,14 @@ if TYPE_CHECKING:  # both import torch: decode workers, which need neither, stay
 DEFAULT_MODEL = "tiny-llava-ov"
 MODEL_ENV = "TOKENREEL_MODEL"
 CHAOS_ENV = "TOKENREEL_CHAOS_EXIT_ONCE"
-# Writing is I/O-bound: a quarter CPU lets it run beside the decode tasks and the encode actors.
+# Writing is I/O-bound: a quarter CPU lets it run beside the decode tasks and the encode actors;
+# two writers per encode actor keep up with it (more would only add worker processes).
 WRITE_TASK_CPUS = 0.25
+WRITERS_PER_ENCODE_ACTOR = 2
+# A decode worker process is replaced after this many videos, bounding whatever its libraries
+# leak. Setting it also keeps Ray Data from fusing the decode tasks into the encode actors
+# (fusion needs identical remote args): decoding must stay on its own, separately scaled CPUs.
+DECODE_TASKS_PER_WORKER = 200
 MAX_LISTED_FAILURES = 20
 
 
@@ -213,12 +219,12 @@ def index_videos(
     from compression.config import CompressionConfig
     from storage import open_store
 
-    model = model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
-    loader = model if isinstance(model, ModelLoader) else ModelLoader.by_name(model)
-    config = config or CompressionConfig()
     _check_counts(workers=workers, batch_size=batch_size, decode_workers=decode_workers)
     if gpus_per_worker < 0:
         raise ValueError(f"gpus_per_worker must be >= 0, got {gpus_per_worker}")
+    model = model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+    loader = model if isinstance(model, ModelLoader) else ModelLoader.by_name(model)
+    config = config or CompressionConfig()
     decode = DecodeSettings(
         num_frames=frames,
         frame_size=frame_size if frame_size is not None else loader.frame_size,
@@ -258,6 +264,7 @@ def index_videos(
     try:
         if todo:
             with _ray_connection(ray_address, num_cpus), _quiet_data_context():
+                started = time.perf_counter()  # the pipeline's time, not Ray's start-up
                 dataset = _pipeline(
                     ray.data, todo, job, workers, gpus_per_worker, decode_workers, runtime_env
                 )
@@ -295,11 +302,15 @@ def model_frame_size(model: str) -> int | None:
     """The frame side a model's processor resizes to, when it is one fixed square (LLaVA-OV's
     SigLIP): decoding straight to it saves memory. None for models that keep the aspect and
     size by a pixel budget (Qwen2.5-VL): they get the source size."""
-    from compression.tiny_models import TINY_LLAVA_OV, tiny_llava_onevision_config
+    from compression.tiny_models import (
+        TINY_LLAVA_OV,
+        TINY_QWEN2_5_VL,
+        tiny_llava_onevision_config,
+    )
 
     if model == TINY_LLAVA_OV:
         return int(tiny_llava_onevision_config().vision_config.image_size)
-    if model.startswith("tiny-"):
+    if model == TINY_QWEN2_5_VL:
         return None
     from transformers import AutoConfig
 
@@ -336,6 +347,7 @@ def _pipeline(
             batch_format="numpy",
             num_cpus=1,
             compute=data.TaskPoolStrategy(size=decode_workers),
+            max_calls=DECODE_TASKS_PER_WORKER,
             **env,
         )
         .map_batches(
@@ -354,6 +366,7 @@ def _pipeline(
             batch_size=job.batch_size,
             batch_format="numpy",
             num_cpus=WRITE_TASK_CPUS,
+            compute=data.TaskPoolStrategy(size=WRITERS_PER_ENCODE_ACTOR * workers),
             **env,
         )
     )
