@@ -192,7 +192,9 @@ def main() -> int:
         "peak_driver": max((s["driver"] for s in samples), default=None),
     }
     (t_first, n_first), (t_last, n_last) = marks[1], marks[-1]
-    steady = (n_last - n_first) / (t_last - t_first) if t_last > t_first else float("nan")
+    # Batches reach the driver in bursts: a steady rate needs several batches after the first.
+    enough = n_last - n_first >= 2 * args.batch_size and t_last > t_first
+    steady = (n_last - n_first) / (t_last - t_first) if enough else float("nan")
     result = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs"
