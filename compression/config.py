@@ -50,6 +50,10 @@ class CompressionConfig:
     seed: only used by the "random" baseline.
     visionzip_dominant_ratio: VisionZip-style baseline: share of each frame's budget spent on
         dominant (highest-score) tokens; the rest are contextual merged tokens.
+    frames / frame_size: how the video was sampled before encoding (F frames; short side in
+        pixels, None = the model's own input size). `compress` does not read them, but they
+        change the tokens, so they belong to the key: token sets of the same video sampled at 16
+        and at 32 frames must never be taken for one another.
     """
 
     retention_ratio: float = 0.02
@@ -59,6 +63,8 @@ class CompressionConfig:
     method: OuterMethod = "ours"
     seed: int = 0
     visionzip_dominant_ratio: float = 0.8
+    frames: int = 32
+    frame_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.method not in OUTER_METHODS:
@@ -72,6 +78,12 @@ class CompressionConfig:
         _check_ratio("visionzip_dominant_ratio", self.visionzip_dominant_ratio, allow_zero=True)
         if not isinstance(self.knn_k, int) or self.knn_k < 1:
             raise ValueError(f"knn_k must be a positive integer, got {self.knn_k!r}")
+        if not isinstance(self.frames, int) or not 1 <= self.frames <= 1024:
+            raise ValueError(f"frames must be an integer in [1, 1024], got {self.frames!r}")
+        if self.frame_size is not None and (
+            not isinstance(self.frame_size, int) or not 1 <= self.frame_size <= 8192
+        ):
+            raise ValueError(f"frame_size must be None or in [1, 8192], got {self.frame_size!r}")
         if not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
 

@@ -36,6 +36,7 @@ Decisions the docs leave open:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -357,15 +358,22 @@ class BenchmarkTokenSets:
 
     `prepare` finds them in the catalog or indexes the missing ones in this process (each video
     decoded and encoded once, then compressed under every missing config, written to the store
-    in one file and recorded in the catalog like the indexing job's). A cached token set counts
-    only if it was sampled with the run's frame count: the config hash does not include it.
-    `get` loads one back (a small LRU keeps the sets of the current batch).
+    in one file and recorded in the catalog like the indexing job's). Every outer config is
+    keyed with the run's sampling (frames, frame size), so a token set sampled differently is
+    never reused. `get` loads one back (a small LRU keeps the sets of the current batch).
     """
 
     def __init__(self, llm: VideoLLM, store: Store, settings: EvalSettings) -> None:
+        from jobs.index import model_frame_size
+
         self.llm = llm
         self.store = store
         self.settings = settings
+        # Resolved as the indexing job does, so "the model's size" and that size named
+        # explicitly key the same token sets.
+        self.frame_size = (
+            settings.frame_size if settings.frame_size else model_frame_size(llm.model_id)
+        )
         self.failed: dict[str, str] = {}
         self.indexed = 0
         self.reused = 0
@@ -378,6 +386,7 @@ class BenchmarkTokenSets:
         configs: Sequence[CompressionConfig],
         progress: Callable[[str], None] = lambda message: None,
     ) -> None:
+        configs = [self._sampled(c) for c in configs]
         for n, uri in enumerate(uris, start=1):
             missing = [c for c in configs if not self._reuse(uri, c)]
             if missing:
@@ -387,7 +396,7 @@ class BenchmarkTokenSets:
     def get(self, uri: str, config: CompressionConfig) -> TokenSet:
         from storage.token_files import read_token_set
 
-        key = (uri, config.stable_hash())
+        key = (uri, self._sampled(config).stable_hash())
         if key not in self._loaded:
             self._loaded[key] = read_token_set(
                 self._locations[key],
@@ -407,17 +416,18 @@ class BenchmarkTokenSets:
         location = self.store.catalog.locate(video_id_for(uri), self.llm.model_id, config_hash)
         if location is None:
             return False
-        try:
-            token_set = read_token_set(
+        try:  # a catalog row is only worth reusing if its file still reads back cleanly
+            read_token_set(
                 location, expected_config_hash=config_hash, expected_model_id=self.llm.model_id
             )
         except TokenSetReadError:
             return False  # a lost or damaged file: index again
-        if token_set.frame_count != self.settings.frames:
-            return False
         self._locations[(uri, config_hash)] = location
         self.reused += 1
         return True
+
+    def _sampled(self, config: CompressionConfig) -> CompressionConfig:
+        return dataclasses.replace(config, frames=self.settings.frames, frame_size=self.frame_size)
 
     def _index(self, uri: str, configs: Sequence[CompressionConfig]) -> None:
         from compression.outer_stage import compress_video
@@ -428,7 +438,7 @@ class BenchmarkTokenSets:
         started = time.perf_counter()
         decode = DecodeSettings(
             num_frames=self.settings.frames,
-            frame_size=self.settings.frame_size,
+            frame_size=self.frame_size,
             timeout_s=self.settings.decode_timeout_s,
         )
         # One unreadable video must not end a benchmark run: it is recorded and left out.

@@ -230,6 +230,9 @@ def index_videos(
         frame_size=frame_size if frame_size is not None else loader.frame_size,
         timeout_s=decode_timeout_s,
     )
+    # The sampling is part of the key (see CompressionConfig): 16- and 32-frame token sets of
+    # one video are different entries.
+    config = dataclasses.replace(config, frames=frames, frame_size=decode.frame_size)
     uris = list_sources(source)
     store = open_store(store_url, catalog_url)
     catalog = store.catalog

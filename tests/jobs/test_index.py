@@ -6,6 +6,7 @@ One shared Ray (the session fixture); the tiny model; 64x48 clips of 12-16 frame
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import signal
@@ -17,13 +18,17 @@ from pathlib import Path
 import pytest
 
 from compression.config import CompressionConfig
-from jobs.index import CHAOS_ENV, IndexSummary, index_videos
+from jobs.index import CHAOS_ENV, IndexSummary, index_videos, model_frame_size
 from jobs.sample_videos import make_awkward_videos, make_bad_videos, make_sample_videos
 from storage import open_store, video_id_for
 from storage.token_files import TOKEN_DIR
 
 FRAMES = 4
 CONFIG = CompressionConfig(retention_ratio=0.1)
+# The key of a token set includes how the video was sampled (frames, the model's frame size).
+KEY_HASH = dataclasses.replace(
+    CONFIG, frames=FRAMES, frame_size=model_frame_size("tiny-llava-ov")
+).stable_hash()
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +40,7 @@ def sha256(path: Path | str) -> str:
 def check_indexed_exactly_once(store_url: str, catalog_url: str, paths: list[Path]) -> None:
     """Every video is one indexed catalog row whose token set loads and belongs to it."""
     store = open_store(store_url, catalog_url)
-    key = {"model_id": "tiny-llava-ov", "config_hash": CONFIG.stable_hash()}
+    key = {"model_id": "tiny-llava-ov", "config_hash": KEY_HASH}
     records = store.catalog.list_videos("indexed", limit=1000, **key)
     assert sorted(r.video_id for r in records) == sorted(video_id_for(str(p)) for p in paths)
     for path in paths:
@@ -94,6 +99,15 @@ def test_index_corpus_with_bad_videos_a_killed_worker_and_reruns(
     retried = index(retry_failed=True)
     assert (retried.indexed, retried.failed, retried.skipped) == (0, 7, 25)
     assert all(r.attempts == 2 for r in store.catalog.list_videos("failed", limit=100))
+    check_indexed_exactly_once(store_url, catalog_url, good)
+
+    # Another sampling is another key: nothing is skipped, nothing of the first runs replaced.
+    resampled = index_videos(
+        [str(p) for p in good[:2]], store_url=store_url, catalog_url=catalog_url, config=CONFIG,
+        frames=FRAMES + 2, progress=False,
+    )  # fmt: skip
+    assert (resampled.indexed, resampled.skipped) == (2, 0)
+    assert resampled.config_hash != KEY_HASH
     check_indexed_exactly_once(store_url, catalog_url, good)
 
 
@@ -171,6 +185,6 @@ def test_index_from_s3_into_s3(ray_session: None, s3_bucket: str, tmp_path: Path
     store = open_store(store_url, catalog_url)
     for path in local:
         uri = f"s3://{s3_bucket}/videos/{path.name}"
-        token_set = store.load(video_id_for(uri), "tiny-llava-ov", CONFIG.stable_hash())
+        token_set = store.load(video_id_for(uri), "tiny-llava-ov", KEY_HASH)
         assert token_set.source_uri == uri and token_set.content_hash == sha256(path)
     assert fs.glob(f"{s3_bucket}/store/{TOKEN_DIR}/*.parquet")
