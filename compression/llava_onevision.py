@@ -2,7 +2,8 @@
 answer questions over a token set with the merge inside the LLM at layer K.
 
 Read top to bottom: the contribution scores (METHOD.md section 1, a forward pre-hook on the
-feature layer's attention), then the `LlavaOneVision` class implementing the `VideoLLM` protocol.
+feature layer's attention), then the `LlavaOneVision` class: the family's part of the `VideoLLM`
+protocol (the prompt and answering shared with the other plug-ins are in `ChatVideoLLM`).
 
 Decisions the docs leave open, made here:
 
@@ -24,18 +25,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from compression.config import GenerationConfig, MergeConfig
-from compression.decoder_loop import GenerationRun, LanguageModelParts, PromptSequence
-from compression.preprocess import FramePreprocessing, as_frame_tensor, preprocess_frames
-from compression.token_set import TokenSet
-from compression.video_llm import Answer, EncodedVideo, Question, grid_index
+from compression.chat_video_llm import ChatVideoLLM, ScoreHook, checked_videos, load_checkpoint
+from compression.decoder_loop import PromptSequence
+from compression.preprocess import FramePreprocessing, preprocess_frames
+from compression.video_llm import EncodedVideo, Question, grid_index
 
 HeadReduction = Literal["mean", "max"]
 
@@ -60,52 +60,35 @@ def received_attention(
     return received / length
 
 
-class SiglipScoreHook:
+class SiglipScoreHook(ScoreHook):
     """Forward pre-hook on the feature layer's `self_attn` (its input is already layer-normed):
     recomputes q and k and keeps each patch's received attention, reduced over heads.
 
     Scores of every forward while the hook is active are appended to `frame_scores` ([F, N]
-    each); `seconds` accumulates the time spent here (synchronised on CUDA). The tower keeps
-    running its own sdpa attention.
+    each). The tower keeps running its own sdpa attention.
     """
 
     def __init__(self, attention: nn.Module, head_reduction: HeadReduction, chunk: int) -> None:
         if head_reduction not in ("mean", "max"):
             raise ValueError(f"head_reduction must be 'mean' or 'max', got {head_reduction!r}")
-        self._attention = attention
+        super().__init__(attention)
         self._reduction = head_reduction
         self._chunk = chunk
         self.frame_scores: list[torch.Tensor] = []
-        self.seconds = 0.0
 
-    def __enter__(self) -> SiglipScoreHook:
-        self._handle = self._attention.register_forward_pre_hook(self, with_kwargs=True)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._handle.remove()
-
-    @torch.no_grad()
-    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        hidden = args[0] if args else kwargs["hidden_states"]
-        if hidden.is_cuda:
-            torch.cuda.synchronize(hidden.device)
-        started = time.perf_counter()
+    def score(self, module: nn.Module, hidden: torch.Tensor, kwargs: dict) -> None:
         shape = (*hidden.shape[:-1], -1, module.head_dim)
         query = module.q_proj(hidden).view(shape).transpose(1, 2)
         key = module.k_proj(hidden).view(shape).transpose(1, 2)
         per_head = received_attention(query, key, module.scale, self._chunk)
         reduced = per_head.mean(dim=1) if self._reduction == "mean" else per_head.amax(dim=1)
         self.frame_scores.append(reduced)
-        if hidden.is_cuda:
-            torch.cuda.synchronize(hidden.device)
-        self.seconds += time.perf_counter() - started
 
 
 # --------------------------------------------------------------------------------------------
 # The plug-in
 # --------------------------------------------------------------------------------------------
-class LlavaOneVision:
+class LlavaOneVision(ChatVideoLLM):
     """`VideoLLM` for LLaVA-OneVision (SigLIP + projector + Qwen2)."""
 
     family = "llava_onevision"
@@ -125,9 +108,7 @@ class LlavaOneVision:
         tokenizer: its tokenizer, with a chat template that places one `<video>` token;
         model_id: stored in token sets; preprocessing defaults to the SigLIP constants at the
         vision tower's image size; max_frames_per_forward bounds the vision tower's batch."""
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.model_id = model_id
+        super().__init__(model, tokenizer, model_id)
         vision = model.config.vision_config
         side = vision.image_size
         self.preprocessing = preprocessing or FramePreprocessing(size=(side, side))
@@ -143,8 +124,6 @@ class LlavaOneVision:
         self.head_reduction: HeadReduction = head_reduction
         self.score_chunk = score_chunk
         self.max_frames_per_forward = max_frames_per_forward
-        first = next(model.parameters())
-        self.device, self.dtype = first.device, first.dtype
         feature_layer = model.config.vision_feature_layer
         if not isinstance(feature_layer, int):
             feature_layer = feature_layer[-1]
@@ -167,15 +146,11 @@ class LlavaOneVision:
         the checkpoint's processor files when present (that is where the -hf checkpoints keep
         the one that knows `<video>`), else from the tokenizer.
         """
-        from transformers import AutoTokenizer, LlavaOnevisionForConditionalGeneration
+        from transformers import LlavaOnevisionForConditionalGeneration
 
-        device = torch.device(device)
-        if dtype is None:
-            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        network = LlavaOnevisionForConditionalGeneration.from_pretrained(
-            model, dtype=dtype, attn_implementation="sdpa"
-        ).to(device)
-        tokenizer = AutoTokenizer.from_pretrained(model)
+        network, tokenizer = load_checkpoint(
+            LlavaOnevisionForConditionalGeneration, model, device, dtype
+        )
         template = processor_chat_template(model)
         if template:
             tokenizer.chat_template = template
@@ -192,25 +167,7 @@ class LlavaOneVision:
         network = network.to(device=torch.device(device), dtype=dtype or torch.float32)
         return cls(network, tokenizer, TINY_LLAVA_OV)
 
-    # -- sizes the FLOPs formula and the callers need -----------------------------------------
-    @property
-    def hidden_size(self) -> int:
-        return int(self.model.config.text_config.hidden_size)
-
-    @property
-    def intermediate_size(self) -> int:
-        return int(self.model.config.text_config.intermediate_size)
-
-    @property
-    def num_layers(self) -> int:
-        return int(self.model.config.text_config.num_hidden_layers)
-
     # -- encode -------------------------------------------------------------------------------
-    def encode(
-        self, frames: np.ndarray | torch.Tensor, timestamps: Sequence[float] | None = None
-    ) -> EncodedVideo:
-        return self.encode_batch([frames], [timestamps])[0]
-
     @torch.no_grad()
     def video_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
         """Pixel frames [F, 3, H, W] -> tokens [F, h*w, d], scores [F, h*w], score seconds.
@@ -240,13 +197,7 @@ class LlavaOneVision:
         `max_frames_per_forward` frames), then are split back per video."""
         if not videos:
             return []
-        timestamps = list(timestamps) if timestamps is not None else [None] * len(videos)
-        if len(timestamps) != len(videos):
-            raise ValueError(f"{len(videos)} videos but {len(timestamps)} timestamp lists")
-        frames = [as_frame_tensor(v) for v in videos]
-        for video, stamps in zip(frames, timestamps, strict=True):
-            if stamps is not None and len(stamps) != len(video):
-                raise ValueError(f"{len(video)} frames but {len(stamps)} timestamps")
+        frames, timestamps = checked_videos(videos, timestamps)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         started = time.perf_counter()
@@ -277,49 +228,11 @@ class LlavaOneVision:
         return encoded
 
     # -- answer -------------------------------------------------------------------------------
-    def prompt_ids(self, question: Question) -> tuple[list[int], list[int]]:
-        """Token ids of the chat prompt before and after the single `<video>` placeholder."""
-        if not isinstance(question.text, str) or not question.text.strip():
-            raise ValueError("a question needs non-empty text")
-        messages = []
-        if question.system:
-            messages.append(
-                {"role": "system", "content": [{"type": "text", "text": question.system}]}
-            )
-        content = [{"type": "video"}, {"type": "text", "text": question.text}]
-        messages.append({"role": "user", "content": content})
-        prompt = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False
-        )
-        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        video_token = self.model.config.video_token_id
-        slots = [i for i, token in enumerate(ids) if token == video_token]
-        if len(slots) != 1:
-            raise ValueError(
-                f"the chat template must place exactly one video token, found {len(slots)}"
-            )
-        return ids[: slots[0]], ids[slots[0] + 1 :]
-
-    def _check_token_set(self, token_set: TokenSet) -> None:
-        if token_set.model_id and token_set.model_id != self.model_id:
-            raise ValueError(
-                f"token set was encoded by {token_set.model_id!r}, this model is {self.model_id!r}"
-            )
-        if token_set.hidden_size != self.hidden_size:
-            raise ValueError(
-                f"token set has hidden size {token_set.hidden_size}, the LLM {self.hidden_size}"
-            )
-
     @torch.no_grad()
     def prompt_sequence(self, question: Question) -> PromptSequence:
         """The question as the decoder loop's input: chat-template text embeddings around the
         token set's tokens (consecutive positions) followed by the model's `image_newline`."""
-        token_set = question.token_set
-        self._check_token_set(token_set)
-        prefix, suffix = self.prompt_ids(question)
-        embed = self.model.model.language_model.embed_tokens
-        text = embed(torch.tensor(prefix + suffix, dtype=torch.long, device=self.device))
-        visual = token_set.tokens.to(device=self.device, dtype=text.dtype)
+        prefix, _, text, visual = self._embed_prompt(question)
         newline = self.model.model.image_newline.to(text.dtype)[None]
         embeds = torch.cat([text[: len(prefix)], visual, newline, text[len(prefix) :]])
         start, stop = len(prefix), len(prefix) + len(visual)
@@ -328,63 +241,8 @@ class LlavaOneVision:
             positions=torch.arange(len(embeds), device=self.device),
             visual=slice(start, stop),
             text_start=stop + 1,
-            visual_sizes=token_set.size.to(self.device),
+            visual_sizes=question.token_set.size.to(self.device),
         )
-
-    def language_model_parts(self) -> LanguageModelParts:
-        return LanguageModelParts(
-            language_model=self.model.model.language_model, lm_head=self.model.lm_head
-        )
-
-    @property
-    def eos_token_ids(self) -> frozenset[int]:
-        """The tokenizer's EOS and every EOS id of the checkpoint's generation config."""
-        configured = getattr(self.model.generation_config, "eos_token_id", None)
-        if isinstance(configured, int):
-            configured = [configured]
-        ids = set(configured or [])
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(self.tokenizer.eos_token_id)
-        return frozenset(ids)
-
-    def _run(
-        self, questions: Sequence[Question], merge: MergeConfig, generation: GenerationConfig
-    ) -> GenerationRun:
-        return GenerationRun(
-            self.language_model_parts(),
-            [self.prompt_sequence(q) for q in questions],
-            merge,
-            generation,
-            decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
-            eos_token_ids=self.eos_token_ids,
-        )
-
-    def answer(
-        self,
-        questions: Sequence[Question],
-        merge: MergeConfig = MergeConfig(),
-        generation: GenerationConfig = GenerationConfig(),
-    ) -> list[Answer]:
-        """Answer a batch of questions in one left-padded prefill and shared decoding steps.
-
-        With merge.layer >= num_layers no layer follows the merge point: nothing is merged.
-        """
-        if not questions:
-            return []
-        return self._run(questions, merge, generation).run()
-
-    def answer_stream(
-        self,
-        question: Question,
-        merge: MergeConfig = MergeConfig(),
-        generation: GenerationConfig = GenerationConfig(),
-    ) -> Iterator[str | Answer]:
-        """Text pieces as they are decoded, then the final `Answer`."""
-        run = self._run([question], merge, generation)
-        for pieces in run:
-            if pieces[0]:
-                yield pieces[0]
-        yield run.answers[0]
 
 
 def processor_chat_template(model: str) -> str | None:

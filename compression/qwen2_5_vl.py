@@ -4,7 +4,8 @@ questions over a token set with each kept token at its original 3D M-RoPE positi
 Read top to bottom: frame preprocessing (what the HF video processor does, in plain torch, because
 its torchvision dependency has no CPU build here), the 3D position ids (METHOD.md section 4),
 the contribution scores of the last full-attention ViT block (METHOD.md section 1), then the
-`Qwen2_5_VL` class implementing the `VideoLLM` protocol.
+`Qwen2_5_VL` class: the family's part of the `VideoLLM` protocol (the prompt and answering shared
+with the other plug-ins are in `ChatVideoLLM`).
 """
 
 from __future__ import annotations
@@ -13,18 +14,17 @@ import itertools
 import json
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from compression.config import GenerationConfig, MergeConfig
-from compression.decoder_loop import GenerationRun, LanguageModelParts, PromptSequence
+from compression.chat_video_llm import ChatVideoLLM, ScoreHook, checked_videos, load_checkpoint
+from compression.decoder_loop import PromptSequence
 from compression.preprocess import FramePreprocessing, as_frame_tensor, preprocess_frames
-from compression.token_set import TokenSet
-from compression.video_llm import Answer, EncodedVideo, Question, grid_index
+from compression.video_llm import EncodedVideo, Question, grid_index
 
 # The CLIP statistics the Qwen2-VL image and video processors normalise with
 # (transformers' OPENAI_CLIP_MEAN / OPENAI_CLIP_STD).
@@ -248,7 +248,7 @@ def segment_column_means(
     return received / (heads * length)
 
 
-class ContributionScoreHook:
+class ContributionScoreHook(ScoreHook):
     """Forward pre-hook on the `attn` of the last full-attention ViT block: recomputes q and k
     from that block's (normed, window-permuted) input and reduces the attention inside each
     full-attention segment (one per temporal step of each video, `cu_seqlens`) to a score per
@@ -263,23 +263,12 @@ class ContributionScoreHook:
             apply_rotary_pos_emb_vision,
         )
 
+        super().__init__(attention)
         self._rotate = apply_rotary_pos_emb_vision
-        self._attention = attention
         self._chunk = chunk
         self.patch_scores: torch.Tensor | None = None
-        self.seconds = 0.0
 
-    def __enter__(self) -> ContributionScoreHook:
-        self._handle = self._attention.register_forward_pre_hook(self, with_kwargs=True)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._handle.remove()
-
-    @torch.no_grad()
-    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        started = time.perf_counter()
-        hidden = args[0] if args else kwargs["hidden_states"]
+    def score(self, module: nn.Module, hidden: torch.Tensor, kwargs: dict) -> None:
         cu_seqlens = kwargs["cu_seqlens"]
         cos, sin = kwargs["position_embeddings"]
         length = hidden.shape[0]
@@ -293,9 +282,6 @@ class ContributionScoreHook:
                 for a, b in itertools.pairwise(bounds)
             ]
         )
-        if hidden.is_cuda:
-            torch.cuda.synchronize(hidden.device)
-        self.seconds += time.perf_counter() - started
 
 
 def merged_token_scores(
@@ -314,7 +300,7 @@ def merged_token_scores(
 # --------------------------------------------------------------------------------------------
 # The plug-in
 # --------------------------------------------------------------------------------------------
-class Qwen2_5_VL:
+class Qwen2_5_VL(ChatVideoLLM):
     """`VideoLLM` for Qwen2.5-VL: ViT + merger tokens with contribution scores; answers with
     each kept token at its original 3D position and the merge inside the LLM at layer K."""
 
@@ -331,13 +317,9 @@ class Qwen2_5_VL:
         """model: a `Qwen2_5_VLForConditionalGeneration` in eval mode, on its device and dtype;
         tokenizer: its tokenizer (with the chat template); model_id: stored in token sets;
         score_chunk: queries per softmax chunk of the contribution scores (bounds their memory)."""
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.model_id = model_id
+        super().__init__(model, tokenizer, model_id)
         self.preprocessing = preprocessing
         self.score_chunk = score_chunk
-        first = next(model.parameters())
-        self.device, self.dtype = first.device, first.dtype
         vision = model.config.vision_config
         if not vision.fullatt_block_indexes:
             raise ValueError("the ViT config names no full-attention block to score with")
@@ -359,15 +341,11 @@ class Qwen2_5_VL:
 
         dtype defaults to bfloat16 on CUDA and float32 elsewhere.
         """
-        from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+        from transformers import Qwen2_5_VLForConditionalGeneration
 
-        device = torch.device(device)
-        if dtype is None:
-            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        network = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            model, dtype=dtype, attn_implementation="sdpa"
-        ).to(device)
-        tokenizer = AutoTokenizer.from_pretrained(model)
+        network, tokenizer = load_checkpoint(
+            Qwen2_5_VLForConditionalGeneration, model, device, dtype
+        )
         return cls(network, tokenizer, model, VideoPreprocessing.from_pretrained(model))
 
     @classmethod
@@ -384,25 +362,7 @@ class Qwen2_5_VL:
         small = VideoPreprocessing(min_pixels=56 * 56, max_pixels=112 * 112)
         return cls(network, tokenizer, TINY_QWEN2_5_VL, small)
 
-    # -- sizes the FLOPs formula and the callers need -----------------------------------------
-    @property
-    def hidden_size(self) -> int:
-        return int(self.model.config.text_config.hidden_size)
-
-    @property
-    def intermediate_size(self) -> int:
-        return int(self.model.config.text_config.intermediate_size)
-
-    @property
-    def num_layers(self) -> int:
-        return int(self.model.config.text_config.num_hidden_layers)
-
     # -- encode -------------------------------------------------------------------------------
-    def encode(
-        self, frames: np.ndarray | torch.Tensor, timestamps: Sequence[float] | None = None
-    ) -> EncodedVideo:
-        return self.encode_batch([frames], [timestamps])[0]
-
     @torch.no_grad()
     def encode_batch(
         self,
@@ -413,16 +373,12 @@ class Qwen2_5_VL:
         temporal step, let alone a video), then are split back; scores come from the same pass."""
         if not videos:
             return []
-        timestamps = list(timestamps) if timestamps is not None else [None] * len(videos)
-        if len(timestamps) != len(videos):
-            raise ValueError(f"{len(videos)} videos but {len(timestamps)} timestamp lists")
         from transformers.vision_utils import get_vision_window_index
 
+        videos, timestamps = checked_videos(videos, timestamps)
         started = time.perf_counter()
         pixels, grids = [], []
-        for frames, stamps in zip(videos, timestamps, strict=True):
-            if stamps is not None and len(stamps) != len(frames):
-                raise ValueError(f"{len(frames)} frames but {len(stamps)} timestamps")
+        for frames in videos:
             video_pixels, grid = preprocess_video(frames, self.preprocessing, self.device)
             pixels.append(video_pixels)
             grids.append(grid)
@@ -465,55 +421,23 @@ class Qwen2_5_VL:
         return encoded
 
     # -- answer -------------------------------------------------------------------------------
-    def prompt_ids(self, question: Question) -> tuple[list[int], list[int]]:
-        """Token ids of the chat prompt before and after the video placeholder.
+    def _system_message(self, text: str) -> dict:
+        # The Qwen2.5-VL chat template prints a system turn's content as a plain string.
+        return {"role": "system", "content": text}
 
-        The chat template wraps the video as `<|vision_start|><|video_pad|><|vision_end|>`; the
-        single `<|video_pad|>` is where the token set's tokens go.
-        """
-        if not isinstance(question.text, str) or not question.text.strip():
-            raise ValueError("a question needs non-empty text")
-        messages = []
-        if question.system:
-            messages.append({"role": "system", "content": question.system})
-        content = [{"type": "video"}, {"type": "text", "text": question.text}]
-        messages.append({"role": "user", "content": content})
-        prompt = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False
-        )
-        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        video_token = self.model.config.video_token_id
-        slots = [i for i, token in enumerate(ids) if token == video_token]
-        if len(slots) != 1:
-            raise ValueError(
-                f"the chat template must place exactly one video token, found {len(slots)}"
-            )
-        return ids[: slots[0]], ids[slots[0] + 1 :]
-
-    def _check_token_set(self, token_set: TokenSet) -> None:
-        if token_set.model_id and token_set.model_id != self.model_id:
-            raise ValueError(
-                f"token set was encoded by {token_set.model_id!r}, this model is {self.model_id!r}"
-            )
-        if token_set.hidden_size != self.hidden_size:
-            raise ValueError(
-                f"token set has hidden size {token_set.hidden_size}, the LLM {self.hidden_size}"
-            )
-
+    @torch.no_grad()
     def prompt_sequence(self, question: Question) -> PromptSequence:
         """The question as the decoder loop's input: chat-template text embeddings around the
         token set's tokens, each at its original 3D position (METHOD.md section 4).
 
+        The chat template wraps the video as `<|vision_start|><|video_pad|><|vision_end|>`; the
+        token set's tokens take the place of the single `<|video_pad|>`.
+
         Decision: the merge's text tokens T start after `<|vision_end|>` (the video's closing
         marker belongs to the video wrapper, not to the question).
         """
+        prefix, suffix, text, visual = self._embed_prompt(question)
         token_set = question.token_set
-        self._check_token_set(token_set)
-        prefix, suffix = self.prompt_ids(question)
-        embed = self.model.model.language_model.embed_tokens
-        ids = torch.tensor(prefix + suffix, dtype=torch.long, device=self.device)
-        text = embed(ids)
-        visual = token_set.tokens.to(device=self.device, dtype=text.dtype)
         step = float(token_set.extras.get("seconds_per_grid_t", 1.0))
         positions = prompt_position_ids(
             len(prefix),
@@ -531,62 +455,6 @@ class Qwen2_5_VL:
             text_start=stop + 1 if suffix[:1] == [self.model.config.vision_end_token_id] else stop,
             visual_sizes=token_set.size.to(self.device),
         )
-
-    def language_model_parts(self) -> LanguageModelParts:
-        return LanguageModelParts(
-            language_model=self.model.model.language_model, lm_head=self.model.lm_head
-        )
-
-    def _run(
-        self, questions: Sequence[Question], merge: MergeConfig, generation: GenerationConfig
-    ) -> GenerationRun:
-        with torch.no_grad():
-            sequences = [self.prompt_sequence(q) for q in questions]
-        return GenerationRun(
-            self.language_model_parts(),
-            sequences,
-            merge,
-            generation,
-            decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
-            eos_token_ids=self.eos_token_ids,
-        )
-
-    @property
-    def eos_token_ids(self) -> frozenset[int]:
-        """The tokenizer's EOS and every EOS of the checkpoint's generation config
-        (Qwen2.5-VL-Instruct ends turns with <|im_end|> and documents <|endoftext|> too)."""
-        configured = getattr(self.model.generation_config, "eos_token_id", None)
-        if isinstance(configured, int):
-            configured = [configured]
-        ids = set(configured or [])
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(self.tokenizer.eos_token_id)
-        return frozenset(ids)
-
-    @torch.no_grad()
-    def answer(
-        self,
-        questions: Sequence[Question],
-        merge: MergeConfig = MergeConfig(),
-        generation: GenerationConfig = GenerationConfig(),
-    ) -> list[Answer]:
-        """Answer a batch of questions in one left-padded prefill and shared decoding steps."""
-        if not questions:
-            return []
-        return self._run(questions, merge, generation).run()
-
-    def answer_stream(
-        self,
-        question: Question,
-        merge: MergeConfig = MergeConfig(),
-        generation: GenerationConfig = GenerationConfig(),
-    ) -> Iterator[str | Answer]:
-        """Text pieces as they are decoded, then the final `Answer`."""
-        run = self._run([question], merge, generation)
-        for pieces in run:
-            if pieces[0]:
-                yield pieces[0]
-        yield run.answers[0]
 
 
 def load_qwen2_5_vl(
