@@ -82,6 +82,18 @@ def word_level_tokenizer(
     return tokenizer
 
 
+def _seeded_model(model_class: type, config, attn_implementation: str) -> torch.nn.Module:
+    """`model_class(config)` initialised from TINY_SEED (the global RNG left as it was), in eval
+    mode, generating until <|im_end|> (id 4 of `word_level_tokenizer`) and padding with id 0."""
+    config._attn_implementation = attn_implementation
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        model = model_class(config)
+    model.generation_config.eos_token_id = 4
+    model.generation_config.pad_token_id = 0
+    return model.eval()
+
+
 def tiny_llava_onevision_config(image_size: int = 70) -> LlavaOnevisionConfig:
     """Per NOTES-transformers; image_size 70 gives 5x5 patches, pooled (ceil) to 3x3 tokens."""
     vision = SiglipVisionConfig(
@@ -124,15 +136,10 @@ def build_tiny_llava_onevision(
 ) -> tuple[LlavaOnevisionForConditionalGeneration, PreTrainedTokenizerFast]:
     """The tiny LLaVA-OneVision (fp32, CPU, eval mode) and its tokenizer, same in every process."""
     config = tiny_llava_onevision_config(image_size)
-    config._attn_implementation = attn_implementation
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_SEED)
-        model = LlavaOnevisionForConditionalGeneration(config)
+    model = _seeded_model(LlavaOnevisionForConditionalGeneration, config, attn_implementation)
     model.config.eos_token_id = 4
-    model.generation_config.eos_token_id = 4
-    model.generation_config.pad_token_id = 0
     tokenizer = word_level_tokenizer(128, {"<image>": 120, "<video>": 121}, LLAVA_OV_CHAT_TEMPLATE)
-    return model.eval(), tokenizer
+    return model, tokenizer
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,12 +217,8 @@ def build_tiny_qwen2_5_vl(
     attn_implementation: str = "sdpa",
 ) -> tuple[Qwen2_5_VLForConditionalGeneration, PreTrainedTokenizerFast]:
     """The tiny Qwen2.5-VL (fp32, CPU, eval mode) and its tokenizer, same in every process."""
-    config = tiny_qwen2_5_vl_config()
-    config._attn_implementation = attn_implementation
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_SEED)
-        model = Qwen2_5_VLForConditionalGeneration(config)
-    model.generation_config.eos_token_id = 4
-    model.generation_config.pad_token_id = 0
+    model = _seeded_model(
+        Qwen2_5_VLForConditionalGeneration, tiny_qwen2_5_vl_config(), attn_implementation
+    )
     tokenizer = word_level_tokenizer(200, _QWEN_SPECIAL_IDS, QWEN2_5_VL_CHAT_TEMPLATE)
-    return model.eval(), tokenizer
+    return model, tokenizer
