@@ -19,6 +19,7 @@ import sys
 
 from compression.config import CompressionConfig
 from jobs.benchmarks import BENCHMARKS, AnnotationError
+from jobs.cli_options import add_model_and_sampling_options
 from jobs.evaluate import MAX_NEW_TOKENS, PAPER_RATIOS, SWEEP_METHODS
 
 
@@ -70,18 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=list(PAPER_RATIOS),
         help="comma-separated retention ratios (default 0.15,0.1,0.05,0.02,0.01)",
     )
-    add("--model", default=None, help="Video-LLM name (env TOKENREEL_MODEL; tiny-llava-ov)")
+    add_model_and_sampling_options(parser)
     add("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    add("--frames", type=int, default=32, help="frames sampled per video (default 32)")
-    add(
-        "--frame-size",
-        type=int,
-        default=None,
-        help="short side of decoded frames (default: the model's input size when fixed)",
-    )
-    add("--tau", type=float, default=defaults.tau)
-    add("--cluster-ratio", type=float, default=defaults.cluster_ratio)
-    add("--knn-k", type=int, default=defaults.knn_k)
     add("--seed", type=int, default=defaults.seed, help="seed of the random baseline")
     add(
         "--merge-layer",

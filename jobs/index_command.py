@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from compression.config import OUTER_METHODS, CompressionConfig
+from jobs.cli_options import add_model_and_sampling_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,18 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("source", metavar="SOURCE", help="directory, glob, s3:// prefix, or manifest file")
     add("--store", default=None, help="store URL (env TOKENREEL_STORE_URL; ./tokenreel-data)")
     add("--catalog", default=None, help="catalog URL (env TOKENREEL_CATALOG_URL)")
-    add("--model", default=None, help="Video-LLM name (env TOKENREEL_MODEL; tiny-llava-ov)")
-    add("--frames", type=int, default=32, help="frames sampled per video (default 32)")
-    add(
-        "--frame-size",
-        type=int,
-        default=None,
-        help="short side of decoded frames (default: the model's input size when fixed)",
-    )
+    add_model_and_sampling_options(parser)
     add("--retention-ratio", type=float, default=defaults.retention_ratio)
-    add("--tau", type=float, default=defaults.tau)
-    add("--cluster-ratio", type=float, default=defaults.cluster_ratio)
-    add("--knn-k", type=int, default=defaults.knn_k)
     add("--method", choices=OUTER_METHODS, default=defaults.method)
     add("--ray-address", default=None, help="Ray cluster to join (default: start a local Ray)")
     add("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all)")

@@ -1,0 +1,25 @@
+"""Command-line options shared by the commands that sample, encode and compress videos
+(`tokenreel index` and `tokenreel eval`), so both spell and default them the same way."""
+
+from __future__ import annotations
+
+import argparse
+
+from compression.config import CompressionConfig
+
+
+def add_model_and_sampling_options(parser: argparse.ArgumentParser) -> None:
+    """--model, --frames, --frame-size and the outer stage's --tau, --cluster-ratio, --knn-k."""
+    defaults = CompressionConfig()
+    add = parser.add_argument
+    add("--model", default=None, help="Video-LLM name (env TOKENREEL_MODEL; tiny-llava-ov)")
+    add("--frames", type=int, default=defaults.frames, help="frames sampled per video (32)")
+    add(
+        "--frame-size",
+        type=int,
+        default=None,
+        help="short side of decoded frames (default: the model's input size when fixed)",
+    )
+    add("--tau", type=float, default=defaults.tau, help="similarity threshold of the pool")
+    add("--cluster-ratio", type=float, default=defaults.cluster_ratio)
+    add("--knn-k", type=int, default=defaults.knn_k, help="k of the DPC-KNN density")
