@@ -14,9 +14,11 @@ local directory).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,14 @@ def _wait_ready(url: str, timeout_s: float = 180.0) -> None:
     raise TimeoutError(f"the service at {url} did not become ready in {timeout_s:.0f} s")
 
 
+def _quiet_library_chatter() -> None:
+    """The demo prints its own story; Ray's deprecation notices and INFO logs would bury it."""
+    for category in (DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"ray\.")
+    for name in ("ray.data", "ray.serve"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def run(args: argparse.Namespace) -> int:
     if not 1 <= args.videos <= 20:
         print("tokenreel demo: --videos must be between 1 and 20")
@@ -74,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     videos = make_sample_videos(workdir / "videos", args.videos, frames=24, width=96, height=72)
     print(f"[1/4] {len(videos)} sample videos in {workdir / 'videos'}")
 
+    _quiet_library_chatter()
     os.environ.pop("RAY_ADDRESS", None)
     ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
     try:
