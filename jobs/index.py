@@ -12,6 +12,11 @@ A streaming Ray Data pipeline, one row per video:
 Decoding is scaled apart from encoding (`decode_workers` vs `workers`), so a GPU worker never
 waits on a CPU decode, and Ray Data's backpressure bounds the blocks in flight: memory stays flat
 whatever the corpus size (a 2-hour video contributes F frames, never its whole stream).
+Writes stream: each batch is written (file, then catalog rows) as soon as it is encoded, while
+later videos are still being decoded, so encoded token sets never pile up in the object store
+and a crash loses only the batches in flight. That needs the write tasks to reserve no CPU
+(`WRITE_TASK_CPUS`): Ray Data gives an operator no CPU budget while the decode tasks and encode
+actors hold every CPU, and a write task asking for any would wait for the end of decoding.
 
 Loss-free under failure. Every video ends as a catalog row: `indexed`, or `failed` with a
 readable reason. A video that cannot be decoded or encoded is caught inside the stage that
@@ -55,9 +60,14 @@ if TYPE_CHECKING:  # both import torch: decode workers, which need neither, stay
 DEFAULT_MODEL = "tiny-llava-ov"
 MODEL_ENV = "TOKENREEL_MODEL"
 CHAOS_ENV = "TOKENREEL_CHAOS_EXIT_ONCE"
-# Writing is I/O-bound: a quarter CPU lets it run beside the decode tasks and the encode actors;
-# two writers per encode actor keep up with it (more would only add worker processes).
-WRITE_TASK_CPUS = 0.25
+# Write tasks reserve no CPU. Ray Data's resource budget (2.60: ReservationOpResourceAllocator)
+# hands CPUs to operators; while the encode actors and the decode tasks hold every CPU - which
+# is the normal state, decode tasks take whatever the actors leave - the write operator's CPU
+# budget is 0, so even a fractional request (0.25 did) is never dispatched until decoding ends:
+# every token set then waits in the object store and nothing is durable until the last video is
+# encoded. A write is I/O plus a little Parquet encoding: it runs beside the CPU-bound stages.
+# Two writers per encode actor keep up with it (more would only add worker processes).
+WRITE_TASK_CPUS = 0
 WRITERS_PER_ENCODE_ACTOR = 2
 # A decode worker process is replaced after this many videos, bounding whatever its libraries
 # leak. Setting it also keeps Ray Data from fusing the decode tasks into the encode actors
