@@ -149,6 +149,37 @@ def test_second_question_reuses_the_cached_token_set(service: Service) -> None:
     assert again.json()["cache_hit"] is True
 
 
+def _ray_metrics_text() -> str:
+    """What Prometheus would scrape from this node's Ray metrics endpoint."""
+    import ray
+
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+
+
+def test_metrics_reach_the_prometheus_endpoint(service: Service) -> None:
+    with service.client() as client:
+        assert ask(client, service.videos[0], QUESTIONS[2]).status_code == 200
+    wanted = [
+        "tokenreel_http_requests_total{",
+        "tokenreel_http_request_seconds_bucket{",
+        "tokenreel_token_cache_lookups_total{",
+        'kind="visual_after_merge"',
+        "tokenreel_answer_seconds_count{",
+        "tokenreel_batch_size_bucket{",
+    ]
+    deadline = time.monotonic() + 90  # replicas push their metrics every few seconds
+    while True:
+        text = _ray_metrics_text()
+        missing = [name for name in wanted if name not in text]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert not missing, f"metrics never exported: {missing}"
+    requests = [line for line in text.splitlines() if "tokenreel_http_requests_total{" in line]
+    assert any('endpoint="' in line and 'status="200"' in line for line in requests)
+
+
 def test_default_merge_layer_fits_the_model(service: Service) -> None:
     with service.client() as client:
         response = client.post(
