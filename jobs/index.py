@@ -22,13 +22,16 @@ Loss-free under failure. Every video ends as a catalog row: `indexed`, or `faile
 readable reason. A video that cannot be decoded or encoded is caught inside the stage that
 failed and travels on as an error row (a raised exception would make Ray Data drop or abort the
 block); only storage failures raise, and those leave the videos `pending` for the next run.
-Killed workers are retried by Ray Data's defaults (tasks `max_retries=-1`; actors
-`max_restarts=-1`, `max_task_retries=-1`: a lost worker is always replaced, and a video whose
-decoder crashes takes down only its decoder child process, so no video can loop a retry);
-catalog writes are upserts on (video, model, config), so a retried batch cannot duplicate a row.
-A rerun with the same arguments skips what is indexed and resumes the rest (`pending`); failed
-videos are retried only with `retry_failed`. A file written by a batch whose catalog rows never
-landed (a crash in between) is an orphan that `Store.collect_garbage` removes.
+Killed workers are replaced: tasks keep Ray Data's `max_retries=-1` (a video whose decoder crashes
+takes down only its decoder child process, so no video can loop a decode retry), and encode actors
+keep `max_restarts=-1` (a lost GPU node or a preempted worker never ends a long job) but retry any
+one batch at most `ENCODE_BATCH_RETRIES` times: a batch that kills its encoder process every time
+(a video that crashes the model's native code, say) then stops the job with Ray's error instead of
+restarting the encoder forever; its videos stay `pending`. Catalog writes are upserts on (video,
+model, config), so a retried batch cannot duplicate a row. A rerun with the same arguments skips
+what is indexed and resumes the rest (`pending`); failed videos are retried only with
+`retry_failed`. A file written by a batch whose catalog rows never landed (a crash in between) is
+an orphan that `Store.collect_garbage` removes.
 
 Fault injection: when the environment variable TOKENREEL_CHAOS_EXIT_ONCE names a file path, the
 first encode actor to claim that path (exclusive create) ends its process abruptly before its
@@ -60,6 +63,8 @@ if TYPE_CHECKING:  # both import torch: decode workers, which need neither, stay
 DEFAULT_MODEL = "tiny-llava-ov"
 MODEL_ENV = "TOKENREEL_MODEL"
 CHAOS_ENV = "TOKENREEL_CHAOS_EXIT_ONCE"
+# Retries of one encode batch whose actor process died (see the module docstring).
+ENCODE_BATCH_RETRIES = 3
 # Write tasks reserve no CPU. Ray Data's resource budget (2.60: ReservationOpResourceAllocator)
 # hands CPUs to operators; while the encode actors and the decode tasks hold every CPU - which
 # is the normal state, decode tasks take whatever the actors leave - the write operator's CPU
@@ -74,6 +79,10 @@ WRITERS_PER_ENCODE_ACTOR = 2
 # (fusion needs identical remote args): decoding must stay on its own, separately scaled CPUs.
 DECODE_TASKS_PER_WORKER = 200
 MAX_LISTED_FAILURES = 20
+
+
+class IndexJobStopped(RuntimeError):
+    """Ray could not finish the pipeline (e.g. a batch kept killing its encoder process)."""
 
 
 @dataclass(frozen=True)
@@ -286,6 +295,14 @@ def index_videos(
                         bar.update(tally.add(batch))
                         if on_progress is not None:
                             on_progress(tally.done, len(todo))
+    except ray.exceptions.RayError as exc:
+        catalog.finish_run(run_id, {**tally.counts(), "interrupted": 1})
+        raise IndexJobStopped(
+            f"the indexing job stopped after {tally.done} of {len(todo)} videos: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}. Nothing written is lost; "
+            "the rest stay pending and a rerun with the same arguments resumes them "
+            f"(an encode batch is retried {ENCODE_BATCH_RETRIES} times before the job stops)"
+        ) from exc
     except BaseException:
         catalog.finish_run(run_id, {**tally.counts(), "interrupted": 1})
         raise
@@ -371,6 +388,7 @@ def _pipeline(
             num_cpus=1,
             num_gpus=gpus_per_worker,
             compute=data.ActorPoolStrategy(size=workers),
+            max_task_retries=ENCODE_BATCH_RETRIES,
             **env,
         )
         .map_batches(

@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jobs.index import index_videos
+    from jobs.index import IndexJobStopped, index_videos
 
     try:
         config = CompressionConfig(
@@ -69,6 +69,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"tokenreel index: {exc}", file=sys.stderr)
         return 2
+    except IndexJobStopped as exc:
+        print(f"tokenreel index: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("tokenreel index: interrupted; rerun the same command to finish", file=sys.stderr)
         return 130
