@@ -261,14 +261,3 @@ def processor_chat_template(model: str) -> str | None:
         if template:
             return template
     return None
-
-
-def load_llava_onevision(
-    model: str, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
-) -> LlavaOneVision:
-    """ "tiny-llava-ov", a hub id or a local checkpoint directory -> the plug-in."""
-    from compression.tiny_models import TINY_LLAVA_OV
-
-    if model == TINY_LLAVA_OV:
-        return LlavaOneVision.tiny(device=device, dtype=dtype)
-    return LlavaOneVision.from_pretrained(model, device=device, dtype=dtype)

@@ -455,14 +455,3 @@ class Qwen2_5_VL(ChatVideoLLM):
             text_start=stop + 1 if suffix[:1] == [self.model.config.vision_end_token_id] else stop,
             visual_sizes=token_set.size.to(self.device),
         )
-
-
-def load_qwen2_5_vl(
-    model: str, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
-) -> Qwen2_5_VL:
-    """ "tiny-qwen2.5-vl", a hub id or a local checkpoint directory -> the plug-in."""
-    from compression.tiny_models import TINY_QWEN2_5_VL
-
-    if model == TINY_QWEN2_5_VL:
-        return Qwen2_5_VL.tiny(device=device, dtype=dtype)
-    return Qwen2_5_VL.from_pretrained(model, device=device, dtype=dtype)

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from compression.config import GenerationConfig, MergeConfig
 from compression.token_set import TokenSet
+
+if TYPE_CHECKING:  # the plug-ins' base imports this module
+    from compression.chat_video_llm import ChatVideoLLM
 
 
 @dataclass
@@ -140,22 +143,21 @@ def load_video_llm(
         raise ValueError(f"model must be a non-empty name, hub id or directory, got {model!r}")
     from compression.tiny_models import TINY_LLAVA_OV, TINY_QWEN2_5_VL
 
-    if model == TINY_LLAVA_OV:
-        family = "llava_onevision"
-    elif model == TINY_QWEN2_5_VL:
-        family = "qwen2_5_vl"
-    else:
+    tiny_families = {TINY_LLAVA_OV: "llava_onevision", TINY_QWEN2_5_VL: "qwen2_5_vl"}
+    family = tiny_families.get(model)
+    if family is None:
         from transformers import AutoConfig
 
         family = AutoConfig.from_pretrained(model).model_type
+    plugin: type[ChatVideoLLM] | None = None
     if family == "llava_onevision":
-        from compression.llava_onevision import load_llava_onevision
-
-        return load_llava_onevision(model, device=device, dtype=dtype)
-    if family == "qwen2_5_vl":
-        from compression.qwen2_5_vl import load_qwen2_5_vl
-
-        return load_qwen2_5_vl(model, device=device, dtype=dtype)
+        from compression.llava_onevision import LlavaOneVision as plugin
+    elif family == "qwen2_5_vl":
+        from compression.qwen2_5_vl import Qwen2_5_VL as plugin
+    if plugin is not None:
+        if model in tiny_families:
+            return plugin.tiny(device=device, dtype=dtype)
+        return plugin.from_pretrained(model, device=device, dtype=dtype)
     raise ValueError(
         f"{model!r} is a {family!r} model; supported: llava_onevision, qwen2_5_vl "
         f"(or the built-ins {TINY_LLAVA_OV!r}, {TINY_QWEN2_5_VL!r})"

@@ -28,7 +28,6 @@ from compression.qwen2_5_vl import (
     CLIP_STD,
     Qwen2_5_VL,
     VideoPreprocessing,
-    load_qwen2_5_vl,
     preprocess_video,
     smart_resize,
 )
@@ -44,7 +43,7 @@ def frames(count: int, height: int = 112, width: int = 112, seed: int = 0) -> np
 
 @pytest.fixture(scope="module")
 def llm() -> Qwen2_5_VL:
-    return load_qwen2_5_vl("tiny-qwen2.5-vl")
+    return Qwen2_5_VL.tiny()
 
 
 @pytest.fixture(scope="module")
