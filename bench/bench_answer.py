@@ -43,13 +43,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import transformers
 from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 
-from compression.config import CompressionConfig, GenerationConfig, MergeConfig
-from compression.decoder_loop import GenerationRun
+from compression.config import CompressionConfig, MergeConfig
 from compression.flops import prefill_decode_flops
-from compression.llava_onevision import LlavaOneVision
-from compression.tiny_models import LLAVA_OV_CHAT_TEMPLATE, word_level_tokenizer
-from compression.token_set import TokenKind, TokenSet
-from compression.video_llm import EncodedVideo, Question
+from compression.models import GenerationConfig, Question
+from compression.models.generation import GenerationRun
+from compression.models.llava_onevision import LlavaOneVision
+from compression.models.tiny import LLAVA_OV_CHAT_TEMPLATE, word_level_tokenizer
+from compression.token_set import EncodedVideo, TokenKind, TokenSet
 
 QUESTION = "what is the person doing in this video ? please answer briefly"
 IMAGE_TOKEN, VIDEO_TOKEN = 151646, 151647
@@ -182,8 +182,8 @@ def run_case(
         )
         answer = run.run()[0]
         if attempt:
-            ttfts.append(answer.prefill_seconds)
-            speeds.append((new_tokens - 1) / answer.decode_seconds)
+            ttfts.append(answer.prefill_s)
+            speeds.append((new_tokens - 1) / answer.decode_s)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     config = plugin.model.config.text_config
     d, m = config.hidden_size, config.intermediate_size
@@ -293,8 +293,8 @@ def main() -> int:
     plugin.encode(video[: min(frames, 2)])  # warm-up
     encodes = [plugin.encode(video) for _ in range(args.repeats)]
     encoded = encodes[-1]
-    encode_s = statistics.median(e.encode_seconds for e in encodes)
-    score_s = statistics.median(e.score_seconds for e in encodes)
+    encode_s = statistics.median(e.encode_s for e in encodes)
+    score_s = statistics.median(e.score_s for e in encodes)
     print(
         f"encoded {frames} frames -> {encoded.tokens.shape[0]} tokens: {encode_s:.3f}s, "
         f"scores {score_s:.3f}s",
@@ -338,8 +338,8 @@ def main() -> int:
         "frames": frames,
         "dtype": str(dtype),
         "weights_gib": weights_gib,
-        "encode_seconds": encode_s,
-        "score_seconds": score_s,
+        "encode_s": encode_s,
+        "score_s": score_s,
         "score_share": score_s / encode_s,
         "hf_generate_full": {"ttft_s": hf_ttft, "decode_tok_s": hf_speed},
         "rows": [

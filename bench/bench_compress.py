@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from compression import CompressionConfig, compress, compress_batch
 from compression.dpc_knn import dpc_knn
 from compression.retention_pool import contribution_order, retention_pool, unit_rows
-from compression.video_llm import EncodedVideo
+from compression.token_set import EncodedVideo
 
 TOKENS_PER_FRAME = 196
 SIDE = 14

@@ -55,10 +55,10 @@ from bench_answer import build_model  # noqa: E402  (the 7B config is defined on
 
 from compression import compress_video  # noqa: E402
 from compression.config import CompressionConfig  # noqa: E402
-from jobs.decode import DecoderProcess, DecodeSettings, decode_video  # noqa: E402
 from jobs.index import ModelLoader, index_videos  # noqa: E402
-from jobs.sample_videos import make_sample_videos  # noqa: E402
+from jobs.index.decode import DecoderProcess, DecodeSettings, decode_video  # noqa: E402
 from storage import open_store  # noqa: E402
+from tokenreel.sample_videos import make_sample_videos  # noqa: E402
 
 MIB = 1 << 20
 
@@ -116,8 +116,8 @@ ROLE_CLOCK = {
 }
 # Ray sets a worker's process title to the task or actor it runs ("ray::IDLE" in between).
 ENCODE_TITLE = "EncodeAndCompress"
-TASK_ROLES = {"decode_batch": "decode_workers", "write_batch": "write_workers"}
-DECODER_MODULE = "jobs.decode"
+TASK_ROLES = {"decode_row": "decode_workers", "write_batch": "write_workers"}
+DECODER_MODULE = "jobs.index.decode"
 
 
 class CountingModel:
@@ -154,11 +154,11 @@ class RoleMemorySampler:
 
     Roles: driver; encode_actor (the EncodeAndCompress actor); decode_workers and
     write_workers (the Ray workers running decode or write tasks); decoders (the
-    `python -m jobs.decode` children of the decode tasks); ray_system (raylet, GCS, agents, Ray
-    Data's helper actors, idle workers). A worker keeps the role of the last task it was seen
-    running (between tasks its title is "ray::IDLE"; Ray may reuse a decode worker for writes,
-    and it then counts as a writer). Only this driver's descendants count: other Ray clusters
-    on the machine are not ours.
+    `python -m jobs.index.decode` children of the decode tasks); ray_system (raylet, GCS,
+    agents, Ray Data's helper actors, idle workers). A worker keeps the role of the last task it
+    was seen running (between tasks its title is "ray::IDLE"; Ray may reuse a decode worker for
+    writes, and it then counts as a writer). Only this driver's descendants count: other Ray
+    clusters on the machine are not ours.
 
     Each sample also reads `clocks` (name -> current count of videos): progress as the workers
     see it, not the driver's progress reports, which come in bursts well after the work.
@@ -448,7 +448,7 @@ def main() -> int:
         "pipeline_overall_videos_per_second": round(summary.videos_per_second, 3),
         "indexed": summary.indexed,
         "failed": summary.failed,
-        "stage_seconds": {k: round(v, 2) for k, v in summary.stage_seconds.items()},
+        "stage_s": {k: round(v, 2) for k, v in summary.stage_s.items()},
         "load_average_1_5_15min": {
             "start": [round(x, 2) for x in load_at_start],
             "end": [round(x, 2) for x in os.getloadavg()],

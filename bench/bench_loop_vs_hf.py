@@ -19,10 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_answer import QUESTION, QWEN2_TEXT, build_model, hf_generate_case
 
-from compression.config import GenerationConfig, MergeConfig
-from compression.decoder_loop import GenerationRun
-from compression.token_set import TokenSet
-from compression.video_llm import Question, grid_index
+from compression.config import MergeConfig
+from compression.models import GenerationConfig, Question
+from compression.models.generation import GenerationRun
+from compression.token_set import TokenSet, grid_index
 
 
 def main() -> int:
@@ -59,10 +59,10 @@ def main() -> int:
             eos_token_ids=(),
         )
         answer = run.run()[0]
-        ours_speed = (args.new_tokens - 1) / answer.decode_seconds
+        ours_speed = (args.new_tokens - 1) / answer.decode_s
         hf_ttft, hf_speed = hf_generate_case(plugin, token_set, args.new_tokens, 1)
         print(
-            f"round {round_}: ours TTFT {answer.prefill_seconds:.3f}s {ours_speed:.2f} tok/s | "
+            f"round {round_}: ours TTFT {answer.prefill_s:.3f}s {ours_speed:.2f} tok/s | "
             f"HF TTFT {hf_ttft:.3f}s {hf_speed:.2f} tok/s",
             flush=True,
         )

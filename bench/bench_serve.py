@@ -50,13 +50,13 @@ import torch
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))
 
-from compression import CompressionConfig, compress_video  # noqa: E402
-from compression.config import GenerationConfig, MergeConfig  # noqa: E402
-from compression.video_llm import VideoLLM, load_video_llm  # noqa: E402
+from compression import CompressionConfig  # noqa: E402
+from compression.config import MergeConfig  # noqa: E402
+from compression.models import GenerationConfig, VideoLLM, load_video_llm  # noqa: E402
+from jobs.index.video import compress_encoded  # noqa: E402
 from serving.engine import AnswerEngine, AskJob  # noqa: E402
 from serving.settings import ServeSettings  # noqa: E402
 from storage.catalog import Catalog, IndexedVideo  # noqa: E402
-from storage.ids import video_id_for  # noqa: E402
 from storage.token_files import TokenSetLocation, write_token_sets  # noqa: E402
 
 QUESTIONS = [
@@ -119,8 +119,8 @@ def build_corpus(llm: VideoLLM, root: Path, videos: int, frames: int, retention:
         encoded = llm.encode(frames_u8, [0.5 * t for t in range(frames)])
         for kind, config in configs.items():
             uri = f"bench://{kind}/{v}"
-            token_set = compress_video(encoded, config).with_metadata(
-                model_id=llm.model_id, source_uri=uri, video_id=video_id_for(uri), content_hash=uri
+            [token_set] = compress_encoded(
+                encoded, [config], model_id=llm.model_id, uri=uri, content_hash=uri
             )
             (location,) = write_token_sets(store, [token_set])
             catalog.register_pending([uri], llm.model_id, config.stable_hash())
@@ -256,18 +256,10 @@ def engine_direct(
     for attempt in range(repeats + 1):  # the first run warms up (and fills the cache)
         started = time.perf_counter()
         prepared = asyncio.run(engine.prepare(job))
-        (report,) = engine.answer_batch([prepared])
+        (response,) = engine.answer_batch([prepared])
         if attempt:
             latencies.append(time.perf_counter() - started)
-    body = {
-        "cache_hit": True,
-        "batch_size": 1,
-        "tokens": {
-            "completion": report.completion_tokens,
-            "visual_in": report.visual_in,
-            "visual_after_merge": report.visual_after_merge,
-        },
-    }
+    body = {**response.model_dump(include={"tokens"}), "cache_hit": True, "batch_size": 1}
     result = summarise(scenario, latencies, [body] * repeats, sum(latencies), 1)
     print(result.line(), flush=True)
     return result

@@ -1,8 +1,9 @@
-"""Plain-dataclass configuration of the two compression stages and of generation.
+"""Plain-dataclass configuration of the two compression stages.
 
 `CompressionConfig` is the outer, query-independent stage (done once per video at indexing time);
 its `stable_hash()` keys every cached token set, so a cache entry is never reused across settings.
-`MergeConfig` is the inner, query-dependent stage (per question, inside the LLM).
+`MergeConfig` is the inner, query-dependent stage (per question, inside the LLM), and
+`default_merge_layer` the one rule for its layer K on a model of any depth.
 Defaults are the paper's (METHOD.md section 7).
 """
 
@@ -17,6 +18,9 @@ from typing import Any, Literal
 
 OuterMethod = Literal["ours", "ours_no_cluster", "uniform", "random", "visionzip", "full"]
 InnerMethod = Literal["text_aware", "fastv", "none"]
+
+# The paper's K = 18 of LLaVA-OV-7B's 28 decoder layers (METHOD.md section 7).
+PAPER_MERGE_LAYER, PAPER_LAYERS = 18, 28
 
 OUTER_METHODS: tuple[str, ...] = (
     "ours",
@@ -131,7 +135,7 @@ class MergeConfig:
     """
 
     method: InnerMethod = "text_aware"
-    layer: int = 18
+    layer: int = PAPER_MERGE_LAYER
     keep_ratio: float = 0.5
     lam: float = 0.5
 
@@ -154,27 +158,11 @@ class MergeConfig:
         return max(1, min(n_visual, math.ceil(self.keep_ratio * n_visual - 1e-9)))
 
 
-@dataclass(frozen=True)
-class GenerationConfig:
-    """Decoding settings: greedy when temperature == 0, else sampling (seeded per request)."""
-
-    max_new_tokens: int = 64
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.max_new_tokens, int) or not 1 <= self.max_new_tokens <= 4096:
-            raise ValueError(f"max_new_tokens must be in [1, 4096], got {self.max_new_tokens!r}")
-        if not (math.isfinite(self.temperature) and 0.0 <= self.temperature <= 5.0):
-            raise ValueError(f"temperature must be in [0, 5], got {self.temperature!r}")
-        if not (math.isfinite(self.top_p) and 0.0 < self.top_p <= 1.0):
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k must be a non-negative integer, got {self.top_k!r}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
+def default_merge_layer(num_layers: int) -> int:
+    """K for a model of `num_layers` decoder layers: the paper's 18 of 28 at the same relative
+    depth (round(18 L / 28)), within [1, L - 1] so that a merge always happens and at least one
+    layer sees the merged sequence (a 4-layer test model merges at 3, a 24-layer one at 15).
+    The service, the evaluator and the visualiser all take this default."""
+    if not isinstance(num_layers, int) or num_layers < 2:
+        raise ValueError(f"a merge inside the LLM needs at least 2 layers, got {num_layers!r}")
+    return min(num_layers - 1, max(1, round(PAPER_MERGE_LAYER * num_layers / PAPER_LAYERS)))

@@ -5,13 +5,15 @@ FLOPs = sum over layers i of [ 4 n_i d^2 + 2 n_i^2 d + 2 n_i d m
 
 n_i: tokens at layer i, d: hidden size, m: FFN intermediate size, R: generated tokens (100).
 Computed per layer from the list of n_i, so the text-aware merge at layer K shows up as a shorter
-n_i from K on. The paper's FLOPs column counts visual tokens only (text_tokens=0); report the
-figure with the text tokens beside it.
+n_i from K on. The paper's FLOPs column counts visual tokens only (text_tokens=0); `flops_report`
+gives that figure and the one with the text tokens beside it, for one answer against its video's
+uncompressed baseline.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from compression.config import MergeConfig
 
@@ -54,21 +56,50 @@ def layer_token_counts(
     return [before if i < merge.layer else after for i in range(num_layers)]
 
 
-def flops_ratio(
-    num_layers: int,
+@dataclass(frozen=True)
+class FlopsReport:
+    """Eq. S3 FLOPs of one answer, and of the same question over all N original visual tokens
+    with no merge (the baseline), in the paper's convention (visual tokens only) and with the
+    text tokens counted too; the ratios are answer / baseline."""
+
+    ratio_visual_only: float
+    ratio_with_text: float
+    flops_visual_only: float
+    flops_with_text: float
+    baseline_flops_visual_only: float
+    baseline_flops_with_text: float
+
+
+def flops_report(
+    layer_tokens: Sequence[int],
+    layer_visual_tokens: Sequence[int],
+    original_visual: int,
     hidden: int,
     ffn: int,
-    *,
-    full_visual_tokens: int,
-    visual_tokens: int,
-    merge: MergeConfig = MergeConfig(),
-    text_tokens: int = 0,
     generated: int = 100,
-) -> float:
-    """FLOPs with `visual_tokens` entering the LLM (and `merge` inside it) over FLOPs of the full
-    model (all `full_visual_tokens`, no merge). text_tokens=0 is the paper's convention."""
-    compressed = layer_token_counts(num_layers, visual_tokens, text_tokens, merge)
-    full = [full_visual_tokens + text_tokens] * num_layers
-    return prefill_decode_flops(compressed, hidden, ffn, generated) / prefill_decode_flops(
-        full, hidden, ffn, generated
+) -> FlopsReport:
+    """The FLOPs of an answer whose prefill saw `layer_tokens` tokens per layer, of which
+    `layer_visual_tokens` visual, against all `original_visual` tokens of its video, unmerged.
+
+    `generated` is Eq. S3's R (the paper's 100 whatever an answer generated), so answers of
+    different lengths compare like with like."""
+    if len(layer_tokens) != len(layer_visual_tokens) or not layer_tokens:
+        raise ValueError("layer_tokens and layer_visual_tokens need one entry per layer")
+    num_layers = len(layer_tokens)
+    text_tokens = layer_tokens[0] - layer_visual_tokens[0]
+    no_merge = MergeConfig(method="none")
+
+    def cost(counts: Sequence[int]) -> float:
+        return prefill_decode_flops(counts, hidden, ffn, generated)
+
+    ours_visual, ours_text = cost(layer_visual_tokens), cost(layer_tokens)
+    base_visual = cost(layer_token_counts(num_layers, original_visual, 0, no_merge))
+    base_text = cost(layer_token_counts(num_layers, original_visual, text_tokens, no_merge))
+    return FlopsReport(
+        ratio_visual_only=ours_visual / base_visual,
+        ratio_with_text=ours_text / base_text,
+        flops_visual_only=ours_visual,
+        flops_with_text=ours_text,
+        baseline_flops_visual_only=base_visual,
+        baseline_flops_with_text=base_text,
     )

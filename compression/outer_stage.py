@@ -22,8 +22,7 @@ from compression.config import CompressionConfig
 from compression.dpc_knn import dpc_knn
 from compression.kept_tokens import KeptTokens, VideoTokens, to_token_set
 from compression.retention_pool import retention_pool
-from compression.token_set import TokenKind, TokenSet
-from compression.video_llm import EncodedVideo
+from compression.token_set import EncodedVideo, TokenKind, TokenSet
 
 
 def compress(

@@ -1,14 +1,15 @@
 """Text-aware merging inside the LLM (METHOD.md section 5, Eq. 9), and the FastV baseline score.
 
 Small functions over plain tensors of ONE sequence (no batch dimension, no padding), so that a
-batch can never change a result: the decoder loop (`compression.decoder_loop`) calls them once per
-sequence at layer K with that sequence's unpadded rows.
+batch can never change a result. Like ToMe's `merge.py`, this module never touches a model: the
+model side (`compression.models.decoder_loop`) reads the layer, computes the queries and keys
+of the rows `merge_query_rows` names, and calls `plan_merge` once per sequence at layer K.
 
 Flow at layer K, with h the hidden states at the INPUT of layer K ([L, d]):
 
-1. `project_queries_keys`: the layer's `input_layernorm`, `q_proj` on the query rows only,
-   `k_proj` on all rows, RoPE, GQA `repeat_kv` (what the layer itself will compute; recomputing
-   q/k is cheaper than asking the layer for attention maps, and no layer runs twice).
+1. (model side) the layer's own queries of the query rows and keys of all rows, with RoPE and
+   GQA heads repeated: what the layer itself will compute; recomputing q/k is cheaper than
+   asking the layer for attention maps, and no layer runs twice.
 2. `causal_attention_probs`: softmax of each query row over all keys up to its own position.
 3. `text_visual_attention` (A_m: visual columns, mean over heads, max over text rows) and
    `text_visual_similarity` (S_m: max cosine to any text token).
@@ -27,47 +28,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from compression.config import MergeConfig
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """The RoPE rotation of Qwen2/Llama-style decoders (second half negated, swapped)."""
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [H, n, hd]; cos/sin [n, hd] (already M-RoPE-recomposed for Qwen2.5-VL)."""
-    return x * cos.unsqueeze(0) + rotate_half(x) * sin.unsqueeze(0)
-
-
-def project_queries_keys(
-    layer: nn.Module,
-    hidden: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    query_rows: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Queries of `query_rows` and keys of all rows, as the decoder layer computes them.
-
-    layer: a Qwen2-style decoder layer (`input_layernorm`, `self_attn.{q_proj,k_proj,head_dim,
-        num_key_value_groups}`); Qwen2 and Qwen2.5-VL text layers both qualify.
-    hidden: [L, d] the layer's input hidden states of one unpadded sequence.
-    cos, sin: [L, hd] the rotary embedding of each row.
-    query_rows: [T] long, rows whose queries are needed.
-    Returns q [H, T, hd] and k [H, L, hd] (GQA key heads repeated to the query heads).
-    """
-    attn = layer.self_attn
-    head_dim = attn.head_dim
-    normed = layer.input_layernorm(hidden)
-    q = attn.q_proj(normed[query_rows]).view(len(query_rows), -1, head_dim).transpose(0, 1)
-    k = attn.k_proj(normed).view(hidden.shape[0], -1, head_dim).transpose(0, 1)
-    q = apply_rope(q, cos[query_rows], sin[query_rows])
-    k = apply_rope(k, cos, sin)
-    k = k.repeat_interleave(attn.num_key_value_groups, dim=0)
-    return q, k
 
 
 def causal_attention_probs(
@@ -195,11 +157,22 @@ class MergePlan:
     sizes: torch.Tensor
 
 
+def merge_query_rows(config: MergeConfig, length: int, text_start: int) -> torch.Tensor:
+    """Rows whose queries score the visual tokens: the text rows T (text_aware), or the last row
+    (fastv). `length` is the sequence's length, `text_start` its first text row."""
+    if config.method == "fastv":
+        return torch.tensor([length - 1])
+    if config.method == "text_aware":
+        return torch.arange(text_start, length)
+    raise ValueError(f"no merge query rows for merge method {config.method!r}")
+
+
 def plan_merge(
-    layer: nn.Module,
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    query_rows: torch.Tensor,
+    scaling: float,
     hidden: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
     visual: slice,
     text_start: int,
     sizes: torch.Tensor,
@@ -207,9 +180,11 @@ def plan_merge(
 ) -> MergePlan:
     """Decide the kept visual tokens of one unpadded sequence at the input of layer K.
 
-    hidden [L, d] input of layer K; cos/sin [L, hd]; visual = rows of the visual tokens;
-    text_start: first row of the text tokens T (rows text_start..L-1; they follow the video, so
-        the causal mask lets them see it); sizes [V] of the visual tokens.
+    queries [H, T, hd] of `query_rows` (from `merge_query_rows`) and keys [H, L, hd] of all rows,
+    as the layer computes them (RoPE applied, GQA heads repeated); scaling: the layer's attention
+    scale; hidden [L, d] input of layer K; visual = rows of the visual tokens; text_start: first
+    row of the text tokens T (rows text_start..L-1; they follow the video, so the causal mask
+    lets them see it); sizes [V] of the visual tokens.
     text_aware: Eq. 9 importance, size-weighted merge of the dropped tokens.
     fastv: last-token attention, dropped tokens are discarded (FastV prunes; it does not merge).
     """
@@ -221,16 +196,11 @@ def plan_merge(
             f"text rows must follow the visual rows: visual={visual}, text_start={text_start}, "
             f"length={hidden.shape[0]}"
         )
+    if config.method not in ("text_aware", "fastv"):
+        raise ValueError(f"plan_merge needs an active merge method, got {config.method!r}")
     keep = config.kept_count(n_visual)
     visual_hidden = hidden[visual]
-    if config.method == "fastv":
-        query_rows = torch.tensor([hidden.shape[0] - 1], device=hidden.device)
-    elif config.method == "text_aware":
-        query_rows = torch.arange(text_start, hidden.shape[0], device=hidden.device)
-    else:
-        raise ValueError(f"plan_merge needs an active merge method, got {config.method!r}")
-    q, k = project_queries_keys(layer, hidden, cos, sin, query_rows)
-    probs = causal_attention_probs(q, k, query_rows, layer.self_attn.scaling)
+    probs = causal_attention_probs(queries, keys, query_rows.to(hidden.device), scaling)
     if config.method == "fastv":
         kept = select_kept(fastv_scores(probs, visual), keep)
         return MergePlan(kept=kept, tokens=visual_hidden[kept], sizes=sizes[kept])

@@ -1,19 +1,56 @@
-"""`TokenSet`: the one type that crosses every border (ARCHITECTURE.md).
+"""`TokenSet`: the one type that crosses every border (ARCHITECTURE.md), and `EncodedVideo`, the
+outer stage's input.
 
-The compressed tokens of one video under one model and one compression config. compression
-builds it, storage serialises it, jobs produce it, serving consumes it.
+A `TokenSet` holds the compressed tokens of one video under one model and one compression config:
+compression builds it, storage serialises it, jobs produce it, serving consumes it. An
+`EncodedVideo` holds all N tokens of one video with their contribution scores, as a model plug-in
+(`compression.models`) encodes it, before the outer stage.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Any
 
+import numpy as np
 import torch
 
 from compression.config import CompressionConfig
+
+
+@dataclass
+class EncodedVideo:
+    """All N visual tokens of one video, before the outer stage.
+
+    tokens: [N, d] projected tokens (what the LLM would see), original order.
+    index: [N, 3] int32 (t, h, w) grid index of each token.
+    scores: [N] float32 contribution score of each token (METHOD.md section 1).
+    grid: (T, H, W) with T * H * W == N.
+    frame_timestamps: seconds of the sampled frames.
+    extras: model-specific scalars to keep with the token set (see `TokenSet.extras`).
+    encode_s / score_s: measured wall time of the vision tower (+ projector) and of the
+        contribution scores (a share of it), for the benchmarks and the job summary.
+    """
+
+    tokens: torch.Tensor
+    index: torch.Tensor
+    scores: torch.Tensor
+    grid: tuple[int, int, int]
+    frame_timestamps: tuple[float, ...] = ()
+    extras: dict[str, str | int | float] = field(default_factory=dict)
+    encode_s: float = 0.0
+    score_s: float = 0.0
+
+
+def grid_index(grid: tuple[int, int, int]) -> torch.Tensor:
+    """(t, h, w) of every cell of a token grid in original (frame-major, raster) order: [N, 3]
+    int32, the `EncodedVideo.index` of a video whose every token is kept."""
+    axes = [torch.arange(size, dtype=torch.int32) for size in grid]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
 
 
 class TokenKind(IntEnum):
@@ -29,6 +66,7 @@ INDEX_DTYPE = torch.int32
 KIND_DTYPE = torch.int8
 SIZE_DTYPE = torch.int32
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_FLOAT_DTYPES_BY_NAME = {str(d).removeprefix("torch."): d for d in FLOAT_DTYPES}
 
 
 @dataclass
@@ -161,3 +199,52 @@ class TokenSet:
         if bad:
             raise ValueError(f"with_metadata sets metadata only, not {sorted(bad)}")
         return dataclasses.replace(self, **metadata)  # type: ignore[arg-type]
+
+    # -- plain columns ----------------------------------------------------------------------
+    def to_columns(self) -> dict[str, Any]:
+        """The token set as plain values (numpy arrays, str): what a Ray Data or Arrow row holds
+        without pickling a Python object. The tokens are their raw bytes ([M, d * itemsize]
+        uint8: bit-exact for every float width, bf16 included); a missing assignment is an
+        empty array (a grid always has at least one cell). `from_columns` inverts it."""
+        tokens = self.tokens.detach().cpu().contiguous()
+        assignment = self.assignment
+        return {
+            "tokens": tokens.view(torch.uint8).numpy(),
+            "dtype": str(tokens.dtype).removeprefix("torch."),
+            "index": self.index.cpu().numpy(),
+            "kind": self.kind.cpu().numpy(),
+            "size": self.size.cpu().numpy(),
+            "assignment": np.zeros(0, np.int32) if assignment is None else assignment.cpu().numpy(),
+            "grid": np.asarray(self.grid, np.int64),
+            "config_json": json.dumps(self.config.to_dict(), sort_keys=True),
+            "model_id": self.model_id,
+            "video_id": self.video_id,
+            "source_uri": self.source_uri,
+            "content_hash": self.content_hash,
+            "frame_timestamps": np.asarray(self.frame_timestamps, np.float64),
+            "extras_json": json.dumps(self.extras, sort_keys=True),
+        }
+
+    @classmethod
+    def from_columns(cls, columns: dict[str, Any]) -> TokenSet:
+        """The token set `to_columns` gave (validated like any other)."""
+        dtype = _FLOAT_DTYPES_BY_NAME.get(str(columns["dtype"]))
+        if dtype is None:
+            raise ValueError(f"unknown token dtype {columns['dtype']!r}")
+        raw = torch.from_numpy(np.ascontiguousarray(columns["tokens"], dtype=np.uint8))
+        assignment = np.asarray(columns["assignment"], np.int32)
+        return cls(
+            tokens=raw.view(dtype),
+            index=torch.from_numpy(np.asarray(columns["index"], np.int32).reshape(-1, 3)),
+            kind=torch.from_numpy(np.asarray(columns["kind"], np.int8)),
+            size=torch.from_numpy(np.asarray(columns["size"], np.int32)),
+            grid=tuple(int(g) for g in columns["grid"]),
+            config=CompressionConfig.from_dict(json.loads(columns["config_json"])),
+            assignment=torch.from_numpy(assignment) if assignment.size else None,
+            model_id=str(columns["model_id"]),
+            video_id=str(columns["video_id"]),
+            source_uri=str(columns["source_uri"]),
+            content_hash=str(columns["content_hash"]),
+            frame_timestamps=tuple(float(t) for t in columns["frame_timestamps"]),
+            extras=json.loads(columns["extras_json"]),
+        )

@@ -6,13 +6,14 @@ from __future__ import annotations
 import argparse
 
 from compression.config import CompressionConfig
+from compression.models import DEFAULT_MODEL, MODEL_ENV
 
 
 def add_model_and_sampling_options(parser: argparse.ArgumentParser) -> None:
     """--model, --frames, --frame-size and the outer stage's --tau, --cluster-ratio, --knn-k."""
     defaults = CompressionConfig()
     add = parser.add_argument
-    add("--model", default=None, help="Video-LLM name (env TOKENREEL_MODEL; tiny-llava-ov)")
+    add("--model", default=None, help=f"Video-LLM name (env {MODEL_ENV}; {DEFAULT_MODEL})")
     add("--frames", type=int, default=defaults.frames, help="frames sampled per video (32)")
     add(
         "--frame-size",

@@ -9,12 +9,11 @@ retried (answering a question has no side effects) before the client sees a 503.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.exceptions import RayActorError
@@ -22,7 +21,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from serving import openai_compat
 from serving.auth import check_authorization
-from serving.engine import AnswerReport, AskJob, ModelInfo
+from serving.engine import AskJob, ModelInfo
 from serving.errors import (
     InvalidRequest,
     NotFound,
@@ -41,13 +40,9 @@ from serving.schemas import (
     AskRequest,
     AskResponse,
     ChatCompletionRequest,
-    FlopsFigures,
-    MergeApplied,
     MergeSettings,
     ModelCard,
     ModelList,
-    Timings,
-    TokenCounts,
     VideoInfo,
     VideoList,
 )
@@ -69,7 +64,6 @@ API_DESCRIPTION = """Questions over the compressed visual-token sets of indexed 
   every path but `/healthz`.
 """
 REPLICA_RETRIES = 3
-MAX_REASON_CHARS = 500
 
 
 @serve.ingress()
@@ -104,7 +98,7 @@ class ApiServer:
                 await asyncio.sleep(0.5 * (attempt + 1))
         raise ServiceUnavailable("no model replica could answer; retry shortly")
 
-    async def ask(self, job: AskJob) -> AnswerReport:
+    async def ask(self, job: AskJob) -> AskResponse:
         return await self._with_retries(lambda: self.engine.ask.remote(job))
 
     async def ask_stream(self, job: AskJob) -> tuple[Any, DeploymentResponseGenerator]:
@@ -146,9 +140,9 @@ class ApiServer:
                 code="video_not_indexed_for_model",
             )
         if record.status == VideoStatus.FAILED:
-            reason = (record.error or "unknown")[:MAX_REASON_CHARS]
             raise VideoNotReady(
-                f"video {video_id!r} failed indexing: {reason}", code="video_failed"
+                f"video {video_id!r} failed indexing: {record.error or 'unknown'}",
+                code="video_failed",
             )
         raise VideoNotReady(f"video {video_id!r} is still being indexed", code="video_pending")
 
@@ -178,135 +172,126 @@ def video_info(record: VideoRecord) -> VideoInfo:
     )
 
 
-def ask_response(report: AnswerReport, total_s: float) -> AskResponse:
-    return AskResponse(
-        video_id=report.video_id,
-        model=report.model_id,
-        answer=report.text,
-        finish_reason=report.finish_reason,  # type: ignore[arg-type]
-        merge=MergeApplied(**dataclasses.asdict(report.merge)),
-        tokens=TokenCounts(
-            original_visual=report.original_visual,
-            visual_in=report.visual_in,
-            visual_after_merge=report.visual_after_merge,
-            prompt=report.prompt_tokens,
-            completion=report.completion_tokens,
-        ),
-        flops=FlopsFigures(**dataclasses.asdict(report.flops)),
-        timings=Timings(
-            queue_s=report.queue_s,
-            load_s=report.load_s,
-            prefill_s=report.prefill_s,
-            decode_s=report.decode_s,
-            total_s=total_s,
-        ),
-        cache_hit=report.cache_hit,
-        batch_size=report.batch_size,
+# -- the HTTP endpoints ---------------------------------------------------------------------------
+
+router = APIRouter()
+
+
+def server_of(request: Request) -> ApiServer:
+    """The `ApiServer` whose FastAPI app serves this request (see `create_api`)."""
+    return request.app.state.server
+
+
+Server = Annotated[ApiServer, Depends(server_of)]
+
+
+@router.get("/healthz", tags=["service"])
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/v1/models", response_model=ModelList, tags=["service"])
+async def list_models(server: Server) -> ModelList:
+    info = await server.model_info()
+    return ModelList(data=[ModelCard(id=info.model_id, created=server.created)])
+
+
+@router.get("/v1/videos", response_model=VideoList, tags=["videos"])
+async def list_videos(
+    server: Server,
+    status: str | None = Query(default=None, pattern="^(pending|indexed|failed)$"),
+    search: str | None = Query(default=None, max_length=256),
+    limit: int = Query(default=100, ge=1, le=MAX_LIST_LIMIT),
+    offset: int = Query(default=0, ge=0),
+) -> VideoList:
+    catalog = server.catalog
+    records, total = await asyncio.gather(
+        asyncio.to_thread(catalog.list_videos, status, search, limit=limit, offset=offset),
+        asyncio.to_thread(catalog.count_videos, status, search),
+    )
+    return VideoList(data=[video_info(r) for r in records], total=total, limit=limit, offset=offset)
+
+
+@router.get("/v1/videos/{video_id}", response_model=VideoInfo, tags=["videos"])
+async def get_video(server: Server, video_id: str) -> VideoInfo:
+    record = await asyncio.to_thread(server.catalog.get_video, checked_video_id(video_id))
+    if record is None:
+        raise NotFound(f"video {video_id!r} not found", code="video_not_found")
+    return video_info(record)
+
+
+@router.post("/v1/videos/{video_id}/ask", response_model=AskResponse, tags=["questions"])
+async def ask(server: Server, video_id: str, body: AskRequest) -> AskResponse:
+    """Answer one question about one indexed video, with token counts, FLOPs and timings."""
+    started = time.perf_counter()
+    job = await server.job_for(
+        video_id, body.question, body.system, body.merge, body.generation_config()
+    )
+    response = await server.ask(job)
+    response.timings.total_s = time.perf_counter() - started
+    return response
+
+
+@router.post("/v1/chat/completions", tags=["questions"])
+async def chat_completions(server: Server, body: ChatCompletionRequest) -> Response:
+    """OpenAI-compatible; the video is named by a `tokenreel://VIDEO_ID` video_url part or the
+    `video_id` field. `stream: true` answers with server-sent events."""
+    started = time.perf_counter()
+    info = await server.model_info()
+    if body.model != info.model_id:
+        raise NotFound(
+            f"model {body.model!r} is not served here; GET /v1/models lists {info.model_id!r}",
+            code="model_not_found",
+        )
+    chat = openai_compat.chat_question(body)
+    job = await server.job_for(
+        chat.video_id, chat.question, chat.system, chat.merge, chat.generation
+    )
+    request_id = openai_compat.completion_id()
+    if not body.stream:
+        response = await server.ask(job)
+        response.timings.total_s = time.perf_counter() - started
+        return JSONResponse(openai_compat.completion_body(response, request_id))
+    first, stream = await server.ask_stream(job)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    events = _chat_events(first, stream, request_id, info.model_id, include_usage, started)
+    return StreamingResponse(
+        events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
     )
 
 
-def _figures(report: AnswerReport, total_s: float) -> dict[str, Any]:
-    """The ask endpoint's figures (tokens, FLOPs, timings) for the chat response extension."""
-    body = ask_response(report, total_s).model_dump()
-    return {k: body[k] for k in ("video_id", "merge", "tokens", "flops", "timings", "cache_hit")}
+async def authenticate_and_count(request: Request, call_next: Any) -> Response:
+    """HTTP middleware: the API key on every path but the unauthenticated ones, a clean 500 for
+    whatever escaped the app, and the request metrics."""
+    server: ApiServer = request.app.state.server
+    started = time.perf_counter()
+    try:
+        if request.url.path not in UNAUTHENTICATED_PATHS:
+            check_authorization(request.headers.get("authorization"), server.key_digest)
+        response = await call_next(request)
+        # Label by route template (bounded), never by raw path (one series per video id).
+        endpoint = getattr(request.scope.get("route"), "path", "unmatched")
+    except Unauthorized as exc:
+        response = JSONResponse(
+            error_body(exc.message, exc.error_type),
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+        endpoint = "unauthenticated"
+    except Exception as exc:  # whatever escaped the app becomes a clean 500
+        response = internal_error_response(exc)
+        endpoint = getattr(request.scope.get("route"), "path", "unmatched")
+    server.metrics.record_request(endpoint, response.status_code, time.perf_counter() - started)
+    return response
 
 
 def create_api(server: ApiServer) -> FastAPI:
-    """The FastAPI app of one `ApiServer` replica (routes close over `server`)."""
+    """The FastAPI app of one `ApiServer` replica: the endpoints above, answering for `server`."""
     api = FastAPI(title="tokenreel", description=API_DESCRIPTION, version="0.1.0")
+    api.state.server = server
     install_error_handlers(api)
-
-    @api.middleware("http")
-    async def authenticate_and_count(request: Request, call_next: Any) -> Response:
-        started = time.perf_counter()
-        try:
-            if request.url.path not in UNAUTHENTICATED_PATHS:
-                check_authorization(request.headers.get("authorization"), server.key_digest)
-            response = await call_next(request)
-            # Label by route template (bounded), never by raw path (one series per video id).
-            endpoint = getattr(request.scope.get("route"), "path", "unmatched")
-        except Unauthorized as exc:
-            response = JSONResponse(
-                error_body(exc.message, exc.error_type),
-                status_code=401,
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-            endpoint = "unauthenticated"
-        except Exception as exc:  # whatever escaped the app becomes a clean 500
-            response = internal_error_response(exc)
-            endpoint = getattr(request.scope.get("route"), "path", "unmatched")
-        server.metrics.record_request(endpoint, response.status_code, time.perf_counter() - started)
-        return response
-
-    @api.get("/healthz", tags=["service"])
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @api.get("/v1/models", response_model=ModelList, tags=["service"])
-    async def list_models() -> ModelList:
-        info = await server.model_info()
-        return ModelList(data=[ModelCard(id=info.model_id, created=server.created)])
-
-    @api.get("/v1/videos", response_model=VideoList, tags=["videos"])
-    async def list_videos(
-        status: str | None = Query(default=None, pattern="^(pending|indexed|failed)$"),
-        search: str | None = Query(default=None, max_length=256),
-        limit: int = Query(default=100, ge=1, le=MAX_LIST_LIMIT),
-        offset: int = Query(default=0, ge=0),
-    ) -> VideoList:
-        catalog = server.catalog
-        records, total = await asyncio.gather(
-            asyncio.to_thread(catalog.list_videos, status, search, limit=limit, offset=offset),
-            asyncio.to_thread(catalog.count_videos, status, search),
-        )
-        return VideoList(
-            data=[video_info(r) for r in records], total=total, limit=limit, offset=offset
-        )
-
-    @api.get("/v1/videos/{video_id}", response_model=VideoInfo, tags=["videos"])
-    async def get_video(video_id: str) -> VideoInfo:
-        record = await asyncio.to_thread(server.catalog.get_video, checked_video_id(video_id))
-        if record is None:
-            raise NotFound(f"video {video_id!r} not found", code="video_not_found")
-        return video_info(record)
-
-    @api.post("/v1/videos/{video_id}/ask", response_model=AskResponse, tags=["questions"])
-    async def ask(video_id: str, body: AskRequest) -> AskResponse:
-        """Answer one question about one indexed video, with token counts, FLOPs and timings."""
-        started = time.perf_counter()
-        job = await server.job_for(
-            video_id, body.question, body.system, body.merge, body.generation_config()
-        )
-        report = await server.ask(job)
-        return ask_response(report, time.perf_counter() - started)
-
-    @api.post("/v1/chat/completions", tags=["questions"])
-    async def chat_completions(body: ChatCompletionRequest) -> Response:
-        """OpenAI-compatible; the video is named by a `tokenreel://VIDEO_ID` video_url part or
-        the `video_id` field. `stream: true` answers with server-sent events."""
-        started = time.perf_counter()
-        info = await server.model_info()
-        if body.model != info.model_id:
-            raise NotFound(
-                f"model {body.model!r} is not served here; GET /v1/models lists {info.model_id!r}",
-                code="model_not_found",
-            )
-        chat = openai_compat.chat_question(body)
-        job = await server.job_for(
-            chat.video_id, chat.question, chat.system, chat.merge, chat.generation
-        )
-        request_id = openai_compat.completion_id()
-        if not body.stream:
-            report = await server.ask(job)
-            figures = _figures(report, time.perf_counter() - started)
-            return JSONResponse(openai_compat.completion_body(report, request_id, figures))
-        first, stream = await server.ask_stream(job)
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        events = _chat_events(first, stream, request_id, info.model_id, include_usage, started)
-        return StreamingResponse(
-            events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-        )
-
+    api.middleware("http")(authenticate_and_count)
+    api.include_router(router)
     return api
 
 
@@ -323,8 +308,9 @@ async def _chat_events(
     item, finished = first, False
     try:
         while True:
-            if isinstance(item, AnswerReport):
-                figures = {"tokenreel": _figures(item, time.perf_counter() - started)}
+            if isinstance(item, AskResponse):
+                item.timings.total_s = time.perf_counter() - started
+                figures = {"tokenreel": openai_compat.figures(item)}
                 yield openai_compat.sse(
                     openai_compat.chunk(
                         request_id, model, {}, finish_reason=item.finish_reason, extra=figures

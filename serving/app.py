@@ -16,7 +16,7 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.config import AutoscalingConfig, RequestRouterConfig
 
-from compression.video_llm import VideoLLM
+from compression.models import VideoLLM
 from serving.api import ApiServer
 from serving.auth import api_key_digest_from_env
 from serving.model_server import ModelServer

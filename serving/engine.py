@@ -5,30 +5,28 @@ serving benchmark calls it directly to measure what the service adds on top.
 
 A question goes: `prepare` (token set from the cache, else from the store at the location the
 catalog gave) -> `answer_batch` (questions with equal merge and generation settings share one
-padded forward: the plug-in's `answer` takes a list) -> an `AnswerReport` with the figures the
-API returns.
+padded forward: the plug-in's `answer` takes a list) -> the `AskResponse` the API returns, with
+its figures (tokens, FLOPs, timings); the API only sets the end-to-end time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from compression import flops
-from compression.config import GenerationConfig, MergeConfig
+from compression.config import MergeConfig
+from compression.flops import flops_report
+from compression.models import Answer, GenerationConfig, Question, VideoLLM, load_video_llm
 from compression.token_set import TokenSet
-from compression.video_llm import Answer, Question, VideoLLM, load_video_llm
 from serving.cache import ByteLRUCache
 from serving.errors import InvalidRequest, ServingError, logger
+from serving.schemas import AskResponse, FlopsFigures, MergeApplied, Timings, TokenCounts
 from storage.token_files import TokenSetLocation, TokenSetReadError, read_token_set
-
-# Eq. S3 is stated for R_dec = 100 generated tokens; the ratios use it whatever this answer
-# generated, so they compare like with like (METHOD.md section 6).
-FLOPS_GENERATED_TOKENS = 100
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -65,68 +63,10 @@ class PreparedQuestion:
     enqueued: float = 0.0
 
 
-@dataclass(frozen=True)
-class FlopsReport:
-    ratio_visual_only: float
-    ratio_with_text: float
-    flops_visual_only: float
-    flops_with_text: float
-    baseline_flops_visual_only: float
-    baseline_flops_with_text: float
-
-
-@dataclass(frozen=True)
-class AnswerReport:
-    video_id: str
-    model_id: str
-    text: str
-    finish_reason: str
-    merge: MergeConfig
-    original_visual: int
-    visual_in: int
-    visual_after_merge: int
-    prompt_tokens: int
-    completion_tokens: int
-    flops: FlopsReport
-    queue_s: float
-    load_s: float
-    prefill_s: float
-    decode_s: float
-    engine_s: float
-    cache_hit: bool
-    batch_size: int
-
-
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
-
-
-def flops_report(answer: Answer, original_visual: int, info: ModelInfo) -> FlopsReport:
-    """FLOPs of this answer vs the same question over all `original_visual` tokens, no merge."""
-    text_tokens = answer.prompt_tokens - answer.visual_tokens_in
-    no_merge = MergeConfig(method="none")
-
-    def cost(layer_tokens: Sequence[int]) -> float:
-        return flops.prefill_decode_flops(
-            layer_tokens, info.hidden_size, info.intermediate_size, FLOPS_GENERATED_TOKENS
-        )
-
-    ours_visual = cost(answer.layer_visual_tokens)
-    ours_text = cost(answer.layer_tokens)
-    base_visual = cost(flops.layer_token_counts(info.num_layers, original_visual, 0, no_merge))
-    base_text = cost(
-        flops.layer_token_counts(info.num_layers, original_visual, text_tokens, no_merge)
-    )
-    return FlopsReport(
-        ratio_visual_only=ours_visual / base_visual,
-        ratio_with_text=ours_text / base_text,
-        flops_visual_only=ours_visual,
-        flops_with_text=ours_text,
-        baseline_flops_visual_only=base_visual,
-        baseline_flops_with_text=base_text,
-    )
 
 
 class AnswerEngine:
@@ -189,51 +129,64 @@ class AnswerEngine:
         return PreparedQuestion(job, question, cache_hit=hit, load_s=load_s, started=started)
 
     # -- answering ----------------------------------------------------------------------------
-    def answer_batch(self, prepared: Sequence[PreparedQuestion]) -> list[AnswerReport]:
+    def answer_batch(self, prepared: Sequence[PreparedQuestion]) -> list[AskResponse]:
         """Answer questions in as few forwards as possible: one per distinct settings pair."""
         begun = time.perf_counter()
         groups: dict[tuple[MergeConfig, GenerationConfig], list[int]] = {}
         for i, p in enumerate(prepared):
             groups.setdefault((p.job.merge, p.job.generation), []).append(i)
-        reports: list[AnswerReport | None] = [None] * len(prepared)
+        responses: list[AskResponse | None] = [None] * len(prepared)
         for (merge, generation), members in groups.items():
             answers = self.llm.answer([prepared[i].question for i in members], merge, generation)
             for i, answer in zip(members, answers, strict=True):
                 queue_s = max(0.0, begun - prepared[i].enqueued) if prepared[i].enqueued else 0.0
-                reports[i] = self.report(prepared[i], answer, len(members), queue_s)
-        return [r for r in reports if r is not None]
+                responses[i] = self.response(prepared[i], answer, len(members), queue_s)
+        return [r for r in responses if r is not None]
 
-    def answer_stream(self, prepared: PreparedQuestion) -> Iterator[str | AnswerReport]:
-        """Text pieces as the model produces them, then the `AnswerReport`."""
+    def answer_stream(self, prepared: PreparedQuestion) -> Iterator[str | AskResponse]:
+        """Text pieces as the model produces them, then the `AskResponse`."""
         job = prepared.job
         for item in self.llm.answer_stream(prepared.question, job.merge, job.generation):
             if isinstance(item, str):
                 if item:
                     yield item
             else:
-                yield self.report(prepared, item, batch_size=1, queue_s=0.0)
+                yield self.response(prepared, item, batch_size=1, queue_s=0.0)
 
-    def report(
+    def response(
         self, prepared: PreparedQuestion, answer: Answer, batch_size: int, queue_s: float
-    ) -> AnswerReport:
+    ) -> AskResponse:
+        """The API's answer with its figures; `timings.total_s` is the time on this replica
+        (the HTTP layer replaces it with the end-to-end time)."""
         token_set = prepared.question.token_set
-        return AnswerReport(
+        flops = flops_report(
+            answer.layer_tokens,
+            answer.layer_visual_tokens,
+            token_set.original_count,
+            self.info.hidden_size,
+            self.info.intermediate_size,
+        )
+        return AskResponse(
             video_id=prepared.job.video_id,
-            model_id=self.info.model_id,
-            text=answer.text,
+            model=self.info.model_id,
+            answer=answer.text,
             finish_reason=answer.finish_reason,
-            merge=prepared.job.merge,
-            original_visual=token_set.original_count,
-            visual_in=answer.visual_tokens_in,
-            visual_after_merge=answer.visual_tokens_after_merge,
-            prompt_tokens=answer.prompt_tokens,
-            completion_tokens=len(answer.token_ids),
-            flops=flops_report(answer, token_set.original_count, self.info),
-            queue_s=queue_s,
-            load_s=prepared.load_s,
-            prefill_s=answer.prefill_seconds,
-            decode_s=answer.decode_seconds,
-            engine_s=time.perf_counter() - prepared.started,
+            merge=MergeApplied(**dataclasses.asdict(prepared.job.merge)),
+            tokens=TokenCounts(
+                original_visual=token_set.original_count,
+                visual_in=answer.visual_tokens_in,
+                visual_after_merge=answer.visual_tokens_after_merge,
+                prompt=answer.prompt_tokens,
+                completion=len(answer.token_ids),
+            ),
+            flops=FlopsFigures(**dataclasses.asdict(flops)),
+            timings=Timings(
+                queue_s=queue_s,
+                load_s=prepared.load_s,
+                prefill_s=answer.prefill_s,
+                decode_s=answer.decode_s,
+                total_s=time.perf_counter() - prepared.started,
+            ),
             cache_hit=prepared.cache_hit,
             batch_size=batch_size,
         )

@@ -30,9 +30,9 @@ class ApiMetrics:
             tag_keys=("endpoint",),
         )
 
-    def record_request(self, endpoint: str, status: int, seconds: float) -> None:
+    def record_request(self, endpoint: str, status: int, latency_s: float) -> None:
         self._requests.inc(tags={"endpoint": endpoint, "status": str(status)})
-        self._latency.observe(seconds, tags={"endpoint": endpoint})
+        self._latency.observe(latency_s, tags={"endpoint": endpoint})
 
 
 class EngineMetrics:
@@ -58,7 +58,7 @@ class EngineMetrics:
             description="Questions answered per padded forward pass.",
             boundaries=BATCH_BOUNDARIES,
         )
-        self._answer_seconds = Histogram(
+        self._answer_latency = Histogram(
             "tokenreel_answer_seconds",
             description="Time to answer on the model replica (load + queue + prefill + decode).",
             boundaries=LATENCY_BOUNDARIES_S,
@@ -69,14 +69,14 @@ class EngineMetrics:
         self._cache_bytes.set(cached_bytes)
 
     def record_answer(
-        self, visual_in: int, visual_after_merge: int, generated: int, seconds: float
+        self, visual_in: int, visual_after_merge: int, generated: int, latency_s: float
     ) -> None:
         counts = {"visual_in": visual_in, "visual_after_merge": visual_after_merge}
         counts["generated"] = generated
         for kind, count in counts.items():
             if count > 0:  # Ray counters only take positive increments
                 self._tokens.inc(count, tags={"kind": kind})
-        self._answer_seconds.observe(seconds)
+        self._answer_latency.observe(latency_s)
 
     def record_batch(self, size: int) -> None:
         self._batch_size.observe(size)

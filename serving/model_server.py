@@ -15,10 +15,10 @@ from typing import TypeVar
 
 from ray import serve
 
-from compression.video_llm import VideoLLM
-from serving.cache import CacheStats
-from serving.engine import AnswerEngine, AnswerReport, AskJob, ModelInfo, PreparedQuestion
+from compression.models import VideoLLM
+from serving.engine import AnswerEngine, AskJob, ModelInfo, PreparedQuestion
 from serving.metrics import EngineMetrics
+from serving.schemas import AskResponse
 from serving.settings import ServeSettings
 
 T = TypeVar("T")
@@ -46,37 +46,35 @@ class ModelServer:
     def describe(self) -> ModelInfo:
         return self.engine.info
 
-    def cache_stats(self) -> CacheStats:
-        return self.engine.cache.stats()
-
     async def _prepare(self, job: AskJob) -> PreparedQuestion:
         prepared = await self.engine.prepare(job)
         self.metrics.record_cache(prepared.cache_hit, self.engine.cache.stats().bytes)
         return prepared
 
-    def _record(self, report: AnswerReport) -> None:
+    def _record(self, response: AskResponse) -> None:
+        tokens = response.tokens
         self.metrics.record_answer(
-            report.visual_in, report.visual_after_merge, report.completion_tokens, report.engine_s
+            tokens.visual_in, tokens.visual_after_merge, tokens.completion, response.timings.total_s
         )
 
-    async def ask(self, job: AskJob) -> AnswerReport:
+    async def ask(self, job: AskJob) -> AskResponse:
         prepared = await self._prepare(job)
         prepared.enqueued = time.perf_counter()
-        report = await self._answer_batched(prepared)
-        self._record(report)
-        return report
+        response = await self._answer_batched(prepared)
+        self._record(response)
+        return response
 
     # The real limits are set per replica in __init__ from the settings.
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
-    async def _answer_batched(self, prepared: list[PreparedQuestion]) -> list[AnswerReport]:
+    async def _answer_batched(self, prepared: list[PreparedQuestion]) -> list[AskResponse]:
         self.metrics.record_batch(len(prepared))
         # In a thread: the event loop keeps taking requests (and filling the next batch).
         return await asyncio.to_thread(self.engine.answer_batch, prepared)
 
-    async def ask_stream(self, job: AskJob) -> AsyncIterator[str | AnswerReport]:
+    async def ask_stream(self, job: AskJob) -> AsyncIterator[str | AskResponse]:
         prepared = await self._prepare(job)
         async for item in iterate_in_thread(lambda: self.engine.answer_stream(prepared)):
-            if isinstance(item, AnswerReport):
+            if isinstance(item, AskResponse):
                 self._record(item)
             yield item
 

@@ -14,14 +14,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from compression.config import GenerationConfig
-from serving.engine import AnswerReport
+from compression.models import GenerationConfig
 from serving.errors import InvalidRequest
 from serving.schemas import (
     DEFAULT_MAX_NEW_TOKENS,
     MAX_QUESTION_CHARS,
     MAX_STOP_SEQUENCES,
     MAX_SYSTEM_CHARS,
+    AskResponse,
     ChatCompletionRequest,
     ChatMessage,
     MergeSettings,
@@ -115,33 +115,39 @@ def completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex}"
 
 
-def usage(report: AnswerReport) -> dict[str, int]:
+FIGURES = {"video_id", "merge", "tokens", "flops", "timings", "cache_hit"}
+
+
+def figures(response: AskResponse) -> dict[str, Any]:
+    """tokenreel's figures (those of the ask endpoint) for the chat responses' extension."""
+    return response.model_dump(include=FIGURES)
+
+
+def usage(response: AskResponse) -> dict[str, int]:
     return {
-        "prompt_tokens": report.prompt_tokens,
-        "completion_tokens": report.completion_tokens,
-        "total_tokens": report.prompt_tokens + report.completion_tokens,
+        "prompt_tokens": response.tokens.prompt,
+        "completion_tokens": response.tokens.completion,
+        "total_tokens": response.tokens.prompt + response.tokens.completion,
     }
 
 
-def completion_body(
-    report: AnswerReport, request_id: str, figures: dict[str, Any]
-) -> dict[str, Any]:
+def completion_body(response: AskResponse, request_id: str) -> dict[str, Any]:
     """A `chat.completion` object; tokenreel's figures ride along under `tokenreel`."""
     return {
         "id": request_id,
         "object": "chat.completion",
         "created": int(time.time()),
-        "model": report.model_id,
+        "model": response.model,
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": report.text},
-                "finish_reason": report.finish_reason,
+                "message": {"role": "assistant", "content": response.answer},
+                "finish_reason": response.finish_reason,
                 "logprobs": None,
             }
         ],
-        "usage": usage(report),
-        "tokenreel": figures,
+        "usage": usage(response),
+        "tokenreel": figures(response),
     }
 
 

@@ -12,7 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from compression.config import INNER_METHODS, GenerationConfig, MergeConfig
+from compression.config import INNER_METHODS, MergeConfig, default_merge_layer
+from compression.models import GenerationConfig
 
 MAX_QUESTION_CHARS = 4000
 MAX_SYSTEM_CHARS = 4000
@@ -43,8 +44,8 @@ class _Strict(BaseModel):
 class MergeSettings(_Strict):
     """Text-aware merging at decoder layer K (METHOD.md section 5); paper defaults.
 
-    layer: K. Left out, it is the paper's 18, lowered to the model's last layer for a model with
-    fewer layers (decision; an explicit K outside [0, layers - 1] is a 422).
+    layer: K. Left out, it is `compression.default_merge_layer` of the model (the paper's 18 of
+    28 layers at the same relative depth); an explicit K outside [0, layers - 1] is a 422.
     """
 
     method: InnerMethodName = "text_aware"
@@ -53,9 +54,8 @@ class MergeSettings(_Strict):
     lam: float = Field(default=0.5, ge=0.0, le=1.0)
 
     def to_config(self, num_layers: int) -> MergeConfig:
-        default = MergeConfig()
         if self.layer is None:
-            layer = min(default.layer, num_layers - 1)
+            layer = default_merge_layer(num_layers)
         elif self.layer >= num_layers:
             raise ValueError(
                 f"merge.layer must be in [0, {num_layers - 1}] for this model "
@@ -233,12 +233,6 @@ class ChatCompletionRequest(BaseModel):
     n: int = Field(default=1, ge=1, le=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-
-
-class ChatUsage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
 
 
 class ModelCard(BaseModel):

@@ -9,30 +9,13 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-DEFAULT_MODEL = "tiny-llava-ov"
-DEFAULT_STORE_URL = "./tokenreel-data"
-ENV_FALLBACKS = {
-    "model": "TOKENREEL_MODEL",
-    "store_url": "TOKENREEL_STORE_URL",
-    "catalog_url": "TOKENREEL_CATALOG_URL",
-}
+from compression.models import DEFAULT_MODEL, MODEL_ENV
+from storage.store import CATALOG_URL_ENV, default_catalog_url
+from storage.urls import DEFAULT_STORE_URL, STORE_URL_ENV, normalize_store_url
 
-
-def _is_local_path(url: str) -> bool:
-    return "://" not in url or url.startswith("file://")
-
-
-def default_catalog_url(store_url: str) -> str:
-    """SQLite next to a local store (ARCHITECTURE's embedded default); required for remote ones."""
-    if not _is_local_path(store_url):
-        raise ValueError(
-            f"a catalog URL is needed for the remote store {store_url!r} "
-            "(--catalog-url or TOKENREEL_CATALOG_URL)"
-        )
-    return f"sqlite:///{Path(store_url.removeprefix('file://')) / 'catalog.sqlite'}"
+ENV_FALLBACKS = {"model": MODEL_ENV, "store_url": STORE_URL_ENV, "catalog_url": CATALOG_URL_ENV}
 
 
 @dataclass(frozen=True)
@@ -103,12 +86,9 @@ class ServeSettings:
             if key not in args and os.environ.get(env_var):
                 args[key] = os.environ[env_var]
         values = {name: _coerce(fields[name].type, value) for name, value in args.items()}
-        store_url = str(values.get("store_url", DEFAULT_STORE_URL))
-        if _is_local_path(store_url):
-            store_url = str(Path(store_url.removeprefix("file://")).expanduser().resolve())
-        values["store_url"] = store_url
+        values["store_url"] = normalize_store_url(str(values.get("store_url", DEFAULT_STORE_URL)))
         if not values.get("catalog_url"):
-            values["catalog_url"] = default_catalog_url(store_url)
+            values["catalog_url"] = default_catalog_url(values["store_url"])
         return cls(**values)
 
 

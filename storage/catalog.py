@@ -39,7 +39,8 @@ from storage.ids import validate_uri, validate_video_id, video_id_for
 from storage.token_files import TokenSetLocation
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
-MAX_ERROR_LENGTH = 4000
+# The one bound on a failure reason: stored, listed and shown as it is kept here.
+MAX_REASON_CHARS = 500
 _CHUNK = 500  # ids per IN (...) query: far below every backend's bound-parameter limit
 _MIGRATION_LOCK_ID = 0x746F6B656E72  # PostgreSQL advisory lock key ("tokenr")
 
@@ -444,7 +445,7 @@ class Catalog:
         _check_key(model_id, config_hash)
         video_id = video_id_for(uri)
         now = _now()
-        error = str(reason)[:MAX_ERROR_LENGTH]
+        error = str(reason)[:MAX_REASON_CHARS]
         insert = self._insert(video_status).values(
             video_id=video_id,
             model_id=model_id,

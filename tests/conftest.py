@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import torch
 
 # Tests never talk to a cluster someone configured in the environment.
 os.environ.pop("RAY_ADDRESS", None)
@@ -25,6 +26,18 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 POSTGRES_ADMIN_URL = os.environ.get(
     "TOKENREEL_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread() -> Iterator[None]:
+    """One torch thread for a module that runs tiny models: tiny tensors gain nothing from
+    intra-op threads, and on a shared, busy 2-core machine two spinning threads per process slow
+    such tests down by an order of magnitude. Use with
+    `pytestmark = pytest.mark.usefixtures("single_torch_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _free_port() -> int:

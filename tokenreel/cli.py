@@ -14,11 +14,11 @@ from collections.abc import Sequence
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("tokenreel.demo", "run the whole loop on embedded defaults and print what happened"),
-    "index": ("jobs.index_command", "index a video corpus into compressed token sets"),
+    "index": ("jobs.index.command", "index a video corpus into compressed token sets"),
     "serve": ("serving.serve_command", "serve question answering over indexed videos"),
     "ask": ("serving.ask_command", "ask a question about an indexed video (HTTP client)"),
-    "eval": ("jobs.eval_command", "run multiple-choice video QA benchmarks and sweeps"),
-    "visualize": ("jobs.visualize_command", "draw which tokens of a video were kept"),
+    "eval": ("jobs.eval.command", "run multiple-choice video QA benchmarks and sweeps"),
+    "visualize": ("jobs.visualize.command", "draw which tokens of a video were kept"),
 }
 
 

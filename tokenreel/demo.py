@@ -26,9 +26,12 @@ DEFAULT_WORKDIR = "./tokenreel-demo"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from compression.models import DEFAULT_MODEL, TINY_MODELS
+
     add = parser.add_argument
     add("--workdir", default=DEFAULT_WORKDIR, help=f"videos, store and catalog ({DEFAULT_WORKDIR})")
-    add("--model", default="tiny-llava-ov", help="tiny-llava-ov, tiny-qwen2.5-vl, a hub id or dir")
+    tiny = ", ".join(TINY_MODELS)
+    add("--model", default=DEFAULT_MODEL, help=f"{tiny}, a hub id or a checkpoint directory")
     add("--videos", type=int, default=3, help="sample videos to generate (1-20)")
     add("--frames", type=int, default=32, help="frames sampled per video (the paper's 32)")
     add("--retention-ratio", type=float, default=0.02)
@@ -74,9 +77,9 @@ def run(args: argparse.Namespace) -> int:
 
     from compression.config import CompressionConfig
     from jobs.index import index_videos
-    from jobs.sample_videos import make_sample_videos
     from serving.app import build_app
     from serving.ask_command import format_answer
+    from tokenreel.sample_videos import make_sample_videos
 
     workdir = Path(args.workdir).resolve()
     store_url = str(workdir / "store")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from compression import CompressionConfig, MergeConfig
-from compression.flops import flops_ratio, layer_token_counts, prefill_decode_flops
+from compression.flops import flops_report, layer_token_counts, prefill_decode_flops
 
 LAYERS, D, M = 28, 3584, 18944  # Qwen2-7B
 FULL = 32 * 196  # 6,272 visual tokens
@@ -45,13 +45,25 @@ def test_merge_shows_up_as_shorter_layers():
 def test_abstract_claim_at_two_percent():
     visual = CompressionConfig(retention_ratio=0.02).budget(FULL)
     assert visual == 125
-    ratio = flops_ratio(LAYERS, D, M, full_visual_tokens=FULL, visual_tokens=visual)
+    counts = layer_token_counts(LAYERS, visual, 0, MergeConfig())
+    ratio = flops_report(counts, counts, FULL, D, M).ratio_visual_only
     assert ratio == (18 * per_layer(125) + 10 * per_layer(63)) / (28 * per_layer(FULL))
     # The abstract: "reducing FLOPs to roughly 2.6%". The token share alone is 2% (1% after K)
     # and the decode term (100 tokens, independent of n but for 2dn) adds ~0.5 point, so the
     # formula must land between 1.5% and 3.5%; it gives 2.580%.
     assert 0.015 < ratio < 0.035
     assert round(ratio, 4) == 0.0258
+
+
+def test_report_counts_text_tokens_beside_the_paper_convention():
+    visual = layer_token_counts(LAYERS, 125, 0, MergeConfig())
+    with_text = layer_token_counts(LAYERS, 125, 40, MergeConfig())
+    report = flops_report(with_text, visual, FULL, D, M)
+    assert report.flops_visual_only == prefill_decode_flops(visual, D, M)
+    assert report.flops_with_text == prefill_decode_flops(with_text, D, M)
+    assert report.baseline_flops_with_text == LAYERS * per_layer(FULL + 40)
+    assert report.ratio_with_text == report.flops_with_text / report.baseline_flops_with_text
+    assert report.ratio_visual_only < report.ratio_with_text < 1
 
 
 def test_rejects_bad_arguments():

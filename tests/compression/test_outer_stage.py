@@ -18,7 +18,7 @@ from compression import (
     compress_video,
 )
 from compression.baselines import frame_budgets
-from compression.video_llm import EncodedVideo
+from compression.token_set import EncodedVideo
 
 
 def raster_index(frames: int, height: int, width: int) -> torch.Tensor:

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 
 from compression import CompressionConfig, compress_video
-from compression.config import GenerationConfig, MergeConfig
-from compression.flops import flops_ratio
-from serving.engine import AnswerEngine, AnswerReport, AskJob, PreparedQuestion
+from compression.config import MergeConfig
+from compression.flops import layer_token_counts, prefill_decode_flops
+from compression.models import GenerationConfig
+from serving.engine import AnswerEngine, AskJob, PreparedQuestion
 from serving.errors import InvalidRequest, ServingError
+from serving.schemas import AskResponse
 from storage.token_files import TokenSetLocation, write_token_sets
 
 GREEDY = GenerationConfig(max_new_tokens=6)
@@ -50,8 +52,9 @@ def prepare(engine: AnswerEngine, jobs: list[AskJob]) -> list[PreparedQuestion]:
     return asyncio.run(run())
 
 
-def essentials(report: AnswerReport) -> tuple:
-    return (report.text, report.completion_tokens, report.visual_in, report.visual_after_merge)
+def essentials(response: AskResponse) -> tuple:
+    tokens = response.tokens
+    return (response.answer, tokens.completion, tokens.visual_in, tokens.visual_after_merge)
 
 
 def test_second_question_about_a_video_hits_the_cache(engine: AnswerEngine, locations) -> None:
@@ -84,16 +87,16 @@ def test_different_settings_run_in_separate_forwards(engine: AnswerEngine, locat
 def test_flops_figures_follow_the_token_counts(engine: AnswerEngine, locations) -> None:
     (report,) = engine.answer_batch(prepare(engine, [job(locations[1], "what?")]))
     info = engine.info
-    expected = flops_ratio(
-        info.num_layers,
-        info.hidden_size,
-        info.intermediate_size,
-        full_visual_tokens=report.original_visual,
-        visual_tokens=report.visual_in,
-        merge=MERGE,
-    )
+
+    def cost(visual: int, merge: MergeConfig) -> float:
+        counts = layer_token_counts(info.num_layers, visual, 0, merge)
+        return prefill_decode_flops(counts, info.hidden_size, info.intermediate_size)
+
+    no_merge = MergeConfig(method="none")
+    tokens = report.tokens
+    expected = cost(tokens.visual_in, MERGE) / cost(tokens.original_visual, no_merge)
     assert report.flops.ratio_visual_only == pytest.approx(expected)
-    assert report.visual_after_merge == MERGE.kept_count(report.visual_in)
+    assert tokens.visual_after_merge == MERGE.kept_count(tokens.visual_in)
     assert 0 < report.flops.ratio_visual_only < 1
     assert 0 < report.flops.ratio_with_text < 1
 
@@ -102,8 +105,8 @@ def test_stream_pieces_add_up_to_the_answer(engine: AnswerEngine, locations) -> 
     (prepared,) = prepare(engine, [job(locations[2], "describe it")])
     items = list(engine.answer_stream(prepared))
     *pieces, final = items
-    assert isinstance(final, AnswerReport) and all(isinstance(p, str) for p in pieces)
-    assert "".join(pieces) == final.text
+    assert isinstance(final, AskResponse) and all(isinstance(p, str) for p in pieces)
+    assert "".join(pieces) == final.answer
     (batched,) = engine.answer_batch([prepared])
     assert essentials(batched) == essentials(final)
 

@@ -43,11 +43,13 @@ def _free_port() -> int:
 
 def _index_videos(root: Path, store: str, catalog_url: str) -> tuple[list[str], str]:
     """3 small sample videos and one corrupt file, through the real indexing job."""
+    from video_files import make_corrupt_video
+
     from compression.config import CompressionConfig
     from jobs.index import index_videos
-    from jobs.sample_videos import make_corrupt_video, make_sample_videos
     from storage.catalog import Catalog
     from storage.ids import video_id_for
+    from tokenreel.sample_videos import make_sample_videos
 
     videos = root / "videos"
     make_sample_videos(videos, 3, frames=8)

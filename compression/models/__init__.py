@@ -1,0 +1,42 @@
+"""The Video-LLM side of tokenreel: one plug-in per model family, and what they share.
+
+Like ToMe keeps `tome/patch/` apart from `tome/merge.py`, the method (`compression`) never imports
+this package; this package applies the method inside real models. jobs/ and serving/ use only
+the names exported here (the interface and the registry), never the modules behind them:
+
+* `load_video_llm(name)`: a plug-in by name (`registry`), with `model_name`, `model_frame_size`;
+* `VideoLLM`, `Question`, `Answer`, `GenerationConfig`: the interface (`interface`).
+
+Modules: `interface`, `registry`, `chat` (the shared chat base), `decoder_loop` (the tensor loop:
+masks, prefill with the merge at layer K, a decode step), `generation` (sampling, stop strings,
+streaming), `preprocess` (frames -> pixels), `llava_onevision`, `qwen2_5_vl` (one file per family),
+`tiny` (tiny random-weight models for tests and the offline demo).
+"""
+
+from compression.models.interface import Answer, Frames, GenerationConfig, Question, VideoLLM
+from compression.models.registry import (
+    DEFAULT_MODEL,
+    MODEL_ENV,
+    TINY_LLAVA_OV,
+    TINY_MODELS,
+    TINY_QWEN2_5_VL,
+    load_video_llm,
+    model_frame_size,
+    model_name,
+)
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "MODEL_ENV",
+    "TINY_LLAVA_OV",
+    "TINY_MODELS",
+    "TINY_QWEN2_5_VL",
+    "Answer",
+    "Frames",
+    "GenerationConfig",
+    "Question",
+    "VideoLLM",
+    "load_video_llm",
+    "model_frame_size",
+    "model_name",
+]

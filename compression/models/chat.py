@@ -1,0 +1,259 @@
+"""What every Video-LLM plug-in shares: a Hugging Face chat model whose prompt holds one video
+placeholder, answered over a token set by our decoder loop (`compression.models.decoder_loop`)
+and its generation layer (`compression.models.generation`).
+
+A plug-in subclasses `ChatVideoLLM` and keeps only what is its family's own: loading, frame
+preprocessing, `encode_batch` (tokens and contribution scores) and `prompt_sequence` (where the
+token set's tokens go in the prompt and which positions they take). What lives here reads the
+layout both HF families have: `model.model.language_model` (with `embed_tokens`),
+`model.lm_head`, `model.config.text_config`, `model.config.video_token_id` and the model's
+`generation_config`. The base of the plug-ins' contribution-score hooks (`ScoreHook`) is here
+too.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from compression.config import MergeConfig
+from compression.models.decoder_loop import LanguageModelParts, PromptSequence
+from compression.models.generation import GenerationRun
+from compression.models.interface import Answer, GenerationConfig, Question
+from compression.models.preprocess import as_frame_tensor
+from compression.token_set import EncodedVideo, TokenSet
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+
+_Hook = TypeVar("_Hook", bound="ScoreHook")
+
+
+class ScoreHook(ABC):
+    """Forward pre-hook on a vision tower's attention module while inside `with`: `score` reads
+    each forward's input (the tower keeps running its own attention); `elapsed_s` accumulates the
+    time spent scoring, synchronised on CUDA before and after so it counts only this work."""
+
+    def __init__(self, attention: nn.Module) -> None:
+        self._attention = attention
+        self.elapsed_s = 0.0
+
+    def __enter__(self: _Hook) -> _Hook:
+        self._handle = self._attention.register_forward_pre_hook(self, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.remove()
+
+    @torch.no_grad()
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if hidden.is_cuda:
+            torch.cuda.synchronize(hidden.device)
+        started = time.perf_counter()
+        self.score(module, hidden, kwargs)
+        if hidden.is_cuda:
+            torch.cuda.synchronize(hidden.device)
+        self.elapsed_s += time.perf_counter() - started
+
+    @abstractmethod
+    def score(self, module: nn.Module, hidden: torch.Tensor, kwargs: dict) -> None:
+        """Score the patches of one forward: `hidden` is the attention's input, `kwargs` the
+        rest of its keyword arguments."""
+
+
+def load_checkpoint(
+    model_class: type, model: str, device: str | torch.device, dtype: torch.dtype | None
+) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """A checkpoint (hub id or local directory) as `model_class` with sdpa attention, moved to
+    `device`, and its tokenizer. dtype defaults to bfloat16 on CUDA and float32 elsewhere."""
+    from transformers import AutoTokenizer
+
+    device = torch.device(device)
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    network = model_class.from_pretrained(model, dtype=dtype, attn_implementation="sdpa")
+    return network.to(device), AutoTokenizer.from_pretrained(model)
+
+
+def checked_videos(
+    videos: Sequence[np.ndarray | torch.Tensor],
+    timestamps: Sequence[Sequence[float] | None] | None,
+) -> tuple[list[torch.Tensor], list[Sequence[float] | None]]:
+    """The videos of an `encode_batch` call as validated frame tensors, and one timestamp list
+    (or None) per video, each as long as its video."""
+    stamps = list(timestamps) if timestamps is not None else [None] * len(videos)
+    if len(stamps) != len(videos):
+        raise ValueError(f"{len(videos)} videos but {len(stamps)} timestamp lists")
+    frames = [as_frame_tensor(v) for v in videos]
+    for video, video_stamps in zip(frames, stamps, strict=True):
+        if video_stamps is not None and len(video_stamps) != len(video):
+            raise ValueError(f"{len(video)} frames but {len(video_stamps)} timestamps")
+    return frames, stamps
+
+
+class EmbeddedPrompt(NamedTuple):
+    """A question's chat prompt split at the video placeholder, embedded, with its token set."""
+
+    prefix: list[int]  # prompt ids before the placeholder
+    suffix: list[int]  # prompt ids after it
+    text: torch.Tensor  # embeddings of prefix + suffix, [len(prefix) + len(suffix), d]
+    visual: torch.Tensor  # the token set's tokens on the model's device, in the embeddings' dtype
+
+
+class ChatVideoLLM(ABC):
+    """The `VideoLLM` protocol minus what differs per family (see the module docstring)."""
+
+    family: str
+
+    def __init__(self, model: nn.Module, tokenizer, model_id: str) -> None:
+        """model: the HF `...ForConditionalGeneration` on its device and dtype; tokenizer: its
+        tokenizer, with a chat template that places one video token; model_id: stored in token
+        sets and checked against them when answering."""
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        first = next(model.parameters())
+        self.device, self.dtype = first.device, first.dtype
+
+    # -- sizes the FLOPs formula and the callers need -----------------------------------------
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.text_config.hidden_size)
+
+    @property
+    def intermediate_size(self) -> int:
+        return int(self.model.config.text_config.intermediate_size)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.text_config.num_hidden_layers)
+
+    # -- encode -------------------------------------------------------------------------------
+    def encode(
+        self, frames: np.ndarray | torch.Tensor, timestamps: Sequence[float] | None = None
+    ) -> EncodedVideo:
+        return self.encode_batch([frames], [timestamps])[0]
+
+    @abstractmethod
+    def encode_batch(
+        self,
+        videos: Sequence[np.ndarray | torch.Tensor],
+        timestamps: Sequence[Sequence[float] | None] | None = None,
+    ) -> list[EncodedVideo]: ...
+
+    # -- the prompt ---------------------------------------------------------------------------
+    def _system_message(self, text: str) -> dict:
+        """The system turn in the form the family's chat template reads (HF's multimodal
+        content parts here; a template that wants a plain string overrides this)."""
+        return {"role": "system", "content": [{"type": "text", "text": text}]}
+
+    def prompt_ids(self, question: Question) -> tuple[list[int], list[int]]:
+        """Token ids of the chat prompt before and after the single video placeholder token
+        (`model.config.video_token_id`), where the token set's tokens go."""
+        if not isinstance(question.text, str) or not question.text.strip():
+            raise ValueError("a question needs non-empty text")
+        messages = [self._system_message(question.system)] if question.system else []
+        content = [{"type": "video"}, {"type": "text", "text": question.text}]
+        messages.append({"role": "user", "content": content})
+        prompt = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        video_token = self.model.config.video_token_id
+        slots = [i for i, token in enumerate(ids) if token == video_token]
+        if len(slots) != 1:
+            raise ValueError(
+                f"the chat template must place exactly one video token, found {len(slots)}"
+            )
+        return ids[: slots[0]], ids[slots[0] + 1 :]
+
+    def _check_token_set(self, token_set: TokenSet) -> None:
+        if token_set.model_id and token_set.model_id != self.model_id:
+            raise ValueError(
+                f"token set was encoded by {token_set.model_id!r}, this model is {self.model_id!r}"
+            )
+        if token_set.hidden_size != self.hidden_size:
+            raise ValueError(
+                f"token set has hidden size {token_set.hidden_size}, the LLM {self.hidden_size}"
+            )
+
+    def _embed_prompt(self, question: Question) -> EmbeddedPrompt:
+        """The question's prompt ids embedded, and its (checked) token set's tokens beside them:
+        the pieces every `prompt_sequence` arranges."""
+        self._check_token_set(question.token_set)
+        prefix, suffix = self.prompt_ids(question)
+        embed = self.model.model.language_model.embed_tokens
+        text = embed(torch.tensor(prefix + suffix, dtype=torch.long, device=self.device))
+        visual = question.token_set.tokens.to(device=self.device, dtype=text.dtype)
+        return EmbeddedPrompt(prefix, suffix, text, visual)
+
+    @abstractmethod
+    def prompt_sequence(self, question: Question) -> PromptSequence:
+        """The question as the decoder loop's input: embeddings, positions, the visual span."""
+
+    # -- answer -------------------------------------------------------------------------------
+    def language_model_parts(self) -> LanguageModelParts:
+        return LanguageModelParts(
+            language_model=self.model.model.language_model, lm_head=self.model.lm_head
+        )
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        """The tokenizer's EOS and every EOS id of the checkpoint's generation config
+        (Qwen2-based chat models end turns with <|im_end|> and list <|endoftext|> too)."""
+        configured = getattr(self.model.generation_config, "eos_token_id", None)
+        if isinstance(configured, int):
+            configured = [configured]
+        ids = set(configured or [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return frozenset(ids)
+
+    def _run(
+        self, questions: Sequence[Question], merge: MergeConfig, generation: GenerationConfig
+    ) -> GenerationRun:
+        with torch.no_grad():
+            sequences = [self.prompt_sequence(q) for q in questions]
+        return GenerationRun(
+            self.language_model_parts(),
+            sequences,
+            merge,
+            generation,
+            decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
+            eos_token_ids=self.eos_token_ids,
+        )
+
+    def answer(
+        self,
+        questions: Sequence[Question],
+        merge: MergeConfig = MergeConfig(),
+        generation: GenerationConfig = GenerationConfig(),
+    ) -> list[Answer]:
+        """Answer a batch of questions in one left-padded prefill and shared decoding steps.
+
+        With merge.layer >= num_layers no layer follows the merge point: nothing is merged.
+        """
+        if not questions:
+            return []
+        return self._run(questions, merge, generation).run()
+
+    def answer_stream(
+        self,
+        question: Question,
+        merge: MergeConfig = MergeConfig(),
+        generation: GenerationConfig = GenerationConfig(),
+    ) -> Iterator[str | Answer]:
+        """Text pieces as they are decoded, then the final `Answer`."""
+        run = self._run([question], merge, generation)
+        for pieces in run:
+            if pieces[0]:
+                yield pieces[0]
+        yield run.answers[0]

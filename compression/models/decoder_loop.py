@@ -1,0 +1,477 @@
+"""Our own loop over a decoder-only LLM's layers: prefill with the merge at layer K, then one
+decoding step at a time. Tensors in, tensors out: choosing tokens, stop strings and streaming
+are the generation layer's (`compression.models.generation`).
+
+Shared by every plug-in (LLaVA-OneVision with 1D positions, Qwen2.5-VL with 3D M-RoPE positions).
+The plug-in builds one `PromptSequence` per question (input embeddings with the token set's
+tokens in place of the video, the position ids, where the visual rows are); the loop does the rest:
+
+* prefill: every sequence of the batch in ONE forward, left-padded. Layers 0..K-1 see all tokens;
+  at the input of layer K the merge (`plan_layer_merge`: this layer's queries and keys, then the
+  method's `compression.text_merge.plan_merge`, per sequence on its unpadded rows) shortens each
+  sequence, the batch is re-padded and layers K..L-1 continue on the
+  shorter sequences. Each layer runs once, so each layer's KV cache is written once: layers < K
+  hold the full length, layers >= K the merged length (a `DynamicCache` keeps per-layer tensors).
+* decoding: one token per sequence per step through the same loop, positions continuing from the
+  last prefill position + 1.
+
+Rotary embeddings are computed once per forward by the language model's own `rotary_emb` and,
+at layer K, gathered at the kept rows (so a kept token keeps its original position).
+
+Masks are explicit (NOTES-transformers pitfalls): query i of a sequence may attend to key j when
+j is not in the future and j is a real token; a padding query also attends to itself, so no row
+is fully masked (a NaN there would reach real tokens through 0 * NaN). When a group of layers
+has no padding at all and attention is sdpa, the mask is None: sdpa then runs its causal kernel
+in prefill (the cache of the layer is empty, so queries and keys have the same length) and
+attends to every cached key in decoding. Supported attention implementations: "sdpa", "eager".
+
+Padding cannot change results: the merge is planned per sequence on unpadded rows and padded
+keys are masked out (so a batch equals one-by-one runs).
+
+API (all tensors on the model's device):
+
+    parts = LanguageModelParts(language_model=model.model.language_model, lm_head=model.lm_head)
+    seq = PromptSequence(embeds [L, d], positions [L] or [3, L], visual=slice(a, b),
+                         text_start=int, visual_sizes=[V] int)
+    state = prefill(parts, [seq, ...], merge)        # state.logits: [B, vocab] of the next token
+    logits = decode_step(parts, state, token_ids)    # one token per sequence
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from compression.config import MergeConfig
+from compression.text_merge import MergePlan, merge_query_rows, plan_merge
+
+SUPPORTED_ATTENTION = ("sdpa", "eager")
+
+
+@dataclass
+class LanguageModelParts:
+    """The pieces of a Hugging Face decoder the loop drives.
+
+    language_model: the decoder stack (Qwen2Model, Qwen2_5_VLTextModel, ...) with `embed_tokens`,
+        `layers`, `norm`, `rotary_emb` and `config`.
+    lm_head: the output projection to the vocabulary.
+    """
+
+    language_model: nn.Module
+    lm_head: nn.Module
+
+    def __post_init__(self) -> None:
+        impl = self.config._attn_implementation
+        if impl not in SUPPORTED_ATTENTION:
+            raise ValueError(
+                f"the decoder loop builds explicit masks for {SUPPORTED_ATTENTION}; "
+                f"load the model with one of them, not {impl!r}"
+            )
+
+    @property
+    def config(self):
+        return self.language_model.config
+
+    @property
+    def layers(self) -> Sequence[nn.Module]:
+        return self.language_model.layers
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.language_model.layers)
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    def logits(self, last_hidden: torch.Tensor) -> torch.Tensor:
+        """[B, d] un-normed last hidden states -> [B, vocab] float32 logits."""
+        return self.lm_head(self.language_model.norm(last_hidden)).float()
+
+
+@dataclass
+class PromptSequence:
+    """One question's prompt, ready for the LLM.
+
+    embeds: [L, d] input embeddings (text embeddings with the visual tokens in place of the video).
+    positions: [L] (1D RoPE) or [3, L] (M-RoPE) long position ids.
+    visual: rows of the visual tokens (the token set's tokens) in `embeds`.
+    text_start: first row of the text tokens T the merge scores against (rows text_start..L-1);
+        usually visual.stop, later when a model inserts its own separator after the video.
+    visual_sizes: [V] original tokens each visual token stands for (weights of the merge).
+    """
+
+    embeds: torch.Tensor
+    positions: torch.Tensor
+    visual: slice
+    text_start: int
+    visual_sizes: torch.Tensor
+
+    def __post_init__(self) -> None:
+        length = self.embeds.shape[0]
+        if self.embeds.ndim != 2 or length < 1:
+            raise ValueError(f"embeds must be [L, d] with L >= 1, got {tuple(self.embeds.shape)}")
+        if self.positions.shape[-1] != length or self.positions.ndim not in (1, 2):
+            raise ValueError(
+                f"positions must be [L] or [3, L] with L={length}, "
+                f"got {tuple(self.positions.shape)}"
+            )
+        if self.positions.ndim == 2 and self.positions.shape[0] != 3:
+            raise ValueError("3D positions must have 3 rows (t, h, w)")
+        start, stop = self.visual.start or 0, self.visual.stop
+        if stop is None or not 0 <= start <= stop <= self.text_start <= length:
+            raise ValueError(
+                f"need 0 <= visual.start <= visual.stop <= text_start <= L, got visual="
+                f"{self.visual}, text_start={self.text_start}, L={length}"
+            )
+        self.visual = slice(start, stop)
+        if tuple(self.visual_sizes.shape) != (stop - start,):
+            raise ValueError(
+                f"visual_sizes must have one entry per visual row ({stop - start}), "
+                f"got {tuple(self.visual_sizes.shape)}"
+            )
+
+    @property
+    def length(self) -> int:
+        return int(self.embeds.shape[0])
+
+    @property
+    def visual_count(self) -> int:
+        return self.visual.stop - self.visual.start
+
+
+@dataclass
+class SequenceStats:
+    """Per-sequence figures of a prefill, for the `Answer`."""
+
+    prompt_tokens: int
+    visual_in: int
+    visual_after_merge: int
+    layer_tokens: list[int]
+    layer_visual_tokens: list[int]
+    kept_visual: torch.Tensor | None
+
+
+@dataclass
+class DecodeState:
+    """Everything decoding needs after a prefill.
+
+    cache: per-layer KV cache; layers < merge_layer hold `valid_before` keys, the others
+        `valid_after` keys (the same group when no merge ran).
+    valid_before / valid_after: [B, C] bool, which cached key positions are real tokens.
+    merge_layer: first layer that saw the merged sequence (num_layers when none did).
+    next_positions: [B] long, the position id of each sequence's next token.
+    logits: [B, vocab] float32 logits of the next token.
+    """
+
+    cache: DynamicCache
+    valid_before: torch.Tensor
+    valid_after: torch.Tensor
+    merge_layer: int
+    next_positions: torch.Tensor
+    logits: torch.Tensor
+    position_rows: int  # 0 for 1D position ids, 3 for M-RoPE
+    stats: list[SequenceStats] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# masks and row gathers
+# --------------------------------------------------------------------------------------------
+def attention_mask(
+    key_valid: torch.Tensor, query_count: int, implementation: str, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """Mask for `query_count` new queries over `key_valid` [B, C + q] keys (cache + new).
+
+    Query i sits at key position C + i. Returns None where sdpa's own causal handling is exact
+    (no padding key at all), else [B, 1, q, C + q]: bool for sdpa, additive float for eager.
+    """
+    if implementation == "sdpa" and bool(key_valid.all()):
+        return None
+    total = key_valid.shape[1]
+    device = key_valid.device
+    query_pos = torch.arange(total - query_count, total, device=device)[:, None]
+    key_pos = torch.arange(total, device=device)[None, :]
+    allowed = (key_pos <= query_pos)[None] & (key_valid[:, None, :] | (key_pos == query_pos)[None])
+    allowed = allowed[:, None]
+    if implementation == "sdpa":
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
+        ~allowed, torch.finfo(dtype).min
+    )
+
+
+def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Pick rows along the sequence axis: x [..., B, L, D], index [B, L'] -> [..., B, L', D]."""
+    lead = x.shape[:-3]
+    idx = index.view(*([1] * len(lead)), *index.shape, 1).expand(*lead, *index.shape, x.shape[-1])
+    return torch.gather(x, -2, idx)
+
+
+def gather_positions(positions: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """positions [B, L] or [3, B, L], index [B, L'] -> positions of the picked rows."""
+    idx = index.expand(*positions.shape[:-2], *index.shape)
+    return torch.gather(positions, -1, idx)
+
+
+def _left_pad_index(rows: Sequence[torch.Tensor], device: torch.device):
+    """Rows of each sequence (indices into its padded input) -> [B, L'] index + valid mask.
+
+    Padding slots point at the sequence's first real row (any real row would do: they are masked).
+    """
+    width = max(len(r) for r in rows)
+    index = torch.empty(len(rows), width, dtype=torch.long, device=device)
+    valid = torch.zeros(len(rows), width, dtype=torch.bool, device=device)
+    for b, r in enumerate(rows):
+        pad = width - len(r)
+        index[b, :pad] = r[0]
+        index[b, pad:] = r
+        valid[b, pad:] = True
+    return index, valid
+
+
+# --------------------------------------------------------------------------------------------
+# the merge's view of a decoder layer
+# --------------------------------------------------------------------------------------------
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """The RoPE rotation of Qwen2/Llama-style decoders (second half negated, swapped)."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [H, n, hd]; cos/sin [n, hd] (already M-RoPE-recomposed for Qwen2.5-VL)."""
+    return x * cos.unsqueeze(0) + rotate_half(x) * sin.unsqueeze(0)
+
+
+def project_queries_keys(
+    layer: nn.Module,
+    hidden: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    query_rows: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Queries of `query_rows` and keys of all rows, as the decoder layer computes them.
+
+    layer: a Qwen2-style decoder layer (`input_layernorm`, `self_attn.{q_proj,k_proj,head_dim,
+        num_key_value_groups}`); Qwen2 and Qwen2.5-VL text layers both qualify.
+    hidden: [L, d] the layer's input hidden states of one unpadded sequence.
+    cos, sin: [L, hd] the rotary embedding of each row.
+    query_rows: [T] long, rows whose queries are needed.
+    Returns q [H, T, hd] and k [H, L, hd] (GQA key heads repeated to the query heads).
+    """
+    attn = layer.self_attn
+    head_dim = attn.head_dim
+    normed = layer.input_layernorm(hidden)
+    q = attn.q_proj(normed[query_rows]).view(len(query_rows), -1, head_dim).transpose(0, 1)
+    k = attn.k_proj(normed).view(hidden.shape[0], -1, head_dim).transpose(0, 1)
+    q = apply_rope(q, cos[query_rows], sin[query_rows])
+    k = apply_rope(k, cos, sin)
+    k = k.repeat_interleave(attn.num_key_value_groups, dim=0)
+    return q, k
+
+
+def plan_layer_merge(
+    layer: nn.Module,
+    hidden: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    visual: slice,
+    text_start: int,
+    sizes: torch.Tensor,
+    config: MergeConfig,
+) -> MergePlan:
+    """`compression.text_merge.plan_merge` at decoder layer `layer` for one unpadded sequence:
+    hidden [L, d] is the layer's input, cos/sin [L, hd] its rotary embedding."""
+    rows = merge_query_rows(config, hidden.shape[0], text_start).to(hidden.device)
+    queries, keys = project_queries_keys(layer, hidden, cos, sin, rows)
+    return plan_merge(
+        queries, keys, rows, layer.self_attn.scaling, hidden, visual, text_start, sizes, config
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# prefill and decoding
+# --------------------------------------------------------------------------------------------
+def _stack_left_padded(sequences: Sequence[PromptSequence], device: torch.device):
+    """Embeddings [B, W, d], positions [..., B, W], valid [B, W]; sequences right-aligned."""
+    width = max(s.length for s in sequences)
+    first = sequences[0]
+    embeds = first.embeds.new_zeros(len(sequences), width, first.embeds.shape[1], device=device)
+    pos_shape = (*first.positions.shape[:-1], len(sequences), width)
+    positions = torch.zeros(pos_shape, dtype=torch.long, device=device)
+    valid = torch.zeros(len(sequences), width, dtype=torch.bool, device=device)
+    for b, s in enumerate(sequences):
+        embeds[b, width - s.length :] = s.embeds.to(device)
+        positions[..., b, width - s.length :] = s.positions.to(device)
+        valid[b, width - s.length :] = True
+    return embeds, positions, valid, width
+
+
+def _merge_layer(
+    parts: LanguageModelParts, sequences: Sequence[PromptSequence], merge: MergeConfig
+):
+    """First layer that runs on the merged sequence; num_layers when nothing is merged.
+
+    K >= num_layers means no layer is left after the merge point: no merge happens.
+    """
+    if not merge.active or merge.layer >= parts.num_layers:
+        return parts.num_layers
+    if all(s.visual_count == 0 for s in sequences):
+        return parts.num_layers
+    return merge.layer
+
+
+def _apply_merge(
+    layer: nn.Module,
+    sequences: Sequence[PromptSequence],
+    hidden: torch.Tensor,
+    cos_sin: tuple[torch.Tensor, torch.Tensor],
+    positions: torch.Tensor,
+    width: int,
+    merge: MergeConfig,
+):
+    """Plan the merge of every sequence and rebuild the padded batch on the kept rows."""
+    cos, sin = cos_sin
+    if cos.ndim != 3:
+        raise ValueError(f"expected rotary embeddings [B, L, hd], got {tuple(cos.shape)}")
+    device = hidden.device
+    rows, plans = [], []
+    for b, seq in enumerate(sequences):
+        pad = width - seq.length
+        if seq.visual_count == 0:
+            rows.append(torch.arange(pad, width, device=device))
+            plans.append(None)
+            continue
+        real = slice(pad, width)
+        plan = plan_layer_merge(
+            layer,
+            hidden[b, real],
+            cos[b, real],
+            sin[b, real],
+            seq.visual,
+            seq.text_start,
+            seq.visual_sizes.to(device),
+            merge,
+        )
+        start, stop = pad + seq.visual.start, pad + seq.visual.stop
+        rows.append(
+            torch.cat(
+                [
+                    torch.arange(pad, start, device=device),
+                    start + plan.kept,
+                    torch.arange(stop, width, device=device),
+                ]
+            )
+        )
+        plans.append(plan)
+    index, valid = _left_pad_index(rows, device)
+    new_hidden = gather_rows(hidden, index)
+    new_width = index.shape[1]
+    for b, (seq, plan) in enumerate(zip(sequences, plans, strict=True)):
+        if plan is not None:
+            begin = new_width - len(rows[b]) + seq.visual.start
+            new_hidden[b, begin : begin + len(plan.kept)] = plan.tokens
+    new_cos_sin = (gather_rows(cos, index), gather_rows(sin, index))
+    return new_hidden, new_cos_sin, gather_positions(positions, index), valid, rows, plans
+
+
+@torch.no_grad()
+def prefill(
+    parts: LanguageModelParts, sequences: Sequence[PromptSequence], merge: MergeConfig
+) -> DecodeState:
+    """Run all layers once over the left-padded batch, merging at layer K (see module doc)."""
+    if not sequences:
+        raise ValueError("prefill needs at least one sequence")
+    ranks = {s.positions.ndim for s in sequences}
+    if len(ranks) != 1:
+        raise ValueError("all sequences of a batch must use the same kind of position ids")
+    device = parts.device
+    impl = parts.config._attn_implementation
+    hidden, positions, valid, width = _stack_left_padded(sequences, device)
+    merge_layer = _merge_layer(parts, sequences, merge)
+    cache = DynamicCache(config=parts.config)
+    cos_sin = parts.language_model.rotary_emb(hidden, positions)
+    valid_before = valid
+    mask = attention_mask(valid, width, impl, hidden.dtype)
+    rows, plans = None, [None] * len(sequences)
+    for i, layer in enumerate(parts.layers):
+        if i == merge_layer:
+            hidden, cos_sin, positions, valid, rows, plans = _apply_merge(
+                layer, sequences, hidden, cos_sin, positions, width, merge
+            )
+            mask = attention_mask(valid, valid.shape[1], impl, hidden.dtype)
+        hidden = layer(
+            hidden,
+            attention_mask=mask,
+            position_embeddings=cos_sin,
+            past_key_values=cache,
+            use_cache=True,
+        )
+    logits = parts.logits(hidden[:, -1])
+    last = positions[..., -1]
+    next_positions = (last.amax(dim=0) if last.ndim == 2 else last) + 1
+    stats = _sequence_stats(sequences, plans, rows, merge_layer, parts.num_layers)
+    return DecodeState(
+        cache=cache,
+        valid_before=valid_before,
+        valid_after=valid,
+        merge_layer=merge_layer,
+        next_positions=next_positions,
+        logits=logits,
+        position_rows=3 if positions.ndim == 3 else 0,
+        stats=stats,
+    )
+
+
+def _sequence_stats(sequences, plans, rows, merge_layer: int, num_layers: int):
+    stats = []
+    for b, seq in enumerate(sequences):
+        plan = plans[b]
+        visual_after = len(plan.kept) if plan is not None else seq.visual_count
+        length_after = len(rows[b]) if rows is not None else seq.length
+        before, after = merge_layer, num_layers - merge_layer
+        stats.append(
+            SequenceStats(
+                prompt_tokens=seq.length,
+                visual_in=seq.visual_count,
+                visual_after_merge=visual_after,
+                layer_tokens=[seq.length] * before + [length_after] * after,
+                layer_visual_tokens=[seq.visual_count] * before + [visual_after] * after,
+                kept_visual=plan.kept.cpu() if plan is not None else None,
+            )
+        )
+    return stats
+
+
+@torch.no_grad()
+def decode_step(
+    parts: LanguageModelParts, state: DecodeState, token_ids: torch.Tensor
+) -> torch.Tensor:
+    """Feed one token per sequence ([B] long); updates `state` and returns [B, vocab] logits."""
+    device = parts.device
+    impl = parts.config._attn_implementation
+    hidden = parts.language_model.embed_tokens(token_ids.to(device)[:, None])
+    positions = state.next_positions[:, None]
+    if state.position_rows:
+        positions = positions[None].expand(state.position_rows, -1, -1)
+    cos_sin = parts.language_model.rotary_emb(hidden, positions)
+    new = torch.ones(len(token_ids), 1, dtype=torch.bool, device=device)
+    state.valid_before = torch.cat([state.valid_before, new], dim=1)
+    state.valid_after = torch.cat([state.valid_after, new], dim=1)
+    mask_before = attention_mask(state.valid_before, 1, impl, hidden.dtype)
+    mask_after = attention_mask(state.valid_after, 1, impl, hidden.dtype)
+    for i, layer in enumerate(parts.layers):
+        hidden = layer(
+            hidden,
+            attention_mask=mask_before if i < state.merge_layer else mask_after,
+            position_embeddings=cos_sin,
+            past_key_values=state.cache,
+            use_cache=True,
+        )
+    state.next_positions = state.next_positions + 1
+    state.logits = parts.logits(hidden[:, -1])
+    return state.logits

@@ -1,0 +1,213 @@
+"""The generation layer over the decoder loop: choosing tokens (greedy, or seeded sampling),
+EOS and stop strings, streaming text pieces, and the `Answer` with its figures.
+
+`compression.models.decoder_loop` runs the tensors (prefill with the merge at layer K, decode
+steps); this module decides what to feed it and when a sequence is done:
+
+    run = GenerationRun(parts, [seq, ...], merge, generation,
+                        decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+                        eos_token_ids={...})
+    for pieces in run: ...          # per step: the new text piece of each sequence ("" if none)
+    run.answers                     # -> list[Answer] once the iteration ended
+    answers = run.run()             # or: to the end without streaming
+
+Sampling uses one generator per sequence, so a batch equals one-by-one runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from compression.config import MergeConfig
+from compression.models.decoder_loop import (
+    LanguageModelParts,
+    PromptSequence,
+    decode_step,
+    prefill,
+)
+from compression.models.interface import Answer, GenerationConfig
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def sample_token(
+    logits: torch.Tensor, generation: GenerationConfig, generator: torch.Generator | None
+) -> int:
+    """Next token of one sequence from its [vocab] logits: argmax, or seeded sampling on CPU
+    (temperature, then top-k, then top-p) so that a seed gives the same tokens on any device."""
+    if generation.greedy:
+        return int(logits.argmax())
+    scores = logits.detach().float().cpu() / generation.temperature
+    if 0 < generation.top_k < scores.shape[0]:
+        threshold = torch.topk(scores, generation.top_k).values[-1]
+        scores = scores.masked_fill(scores < threshold, float("-inf"))
+    probs = scores.softmax(dim=-1)
+    if generation.top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True, stable=True)
+        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+        before = sorted_probs.cumsum(0) - sorted_probs
+        sorted_probs = sorted_probs.masked_fill(before >= generation.top_p, 0.0)
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def stop_position(text: str, stops: Sequence[str]) -> int:
+    """Index of the earliest stop string in `text`, or -1."""
+    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(hits) if hits else -1
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """Characters at the end of `text` that may still become a stop string (or an unfinished
+    multi-byte character, which decodes to U+FFFD): not streamed yet."""
+    hold = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:n]):
+                hold = max(hold, n)
+                break
+    while hold < len(text) and text[len(text) - hold - 1] == "\ufffd":
+        hold += 1
+    return hold
+
+
+@dataclass
+class _Progress:
+    """Decoding progress of one sequence."""
+
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    emitted: int = 0
+    finish_reason: str | None = None
+    generator: torch.Generator | None = None
+
+
+class GenerationRun:
+    """Prefill + decoding of a batch; iterate for streamed text, then read `answers`.
+
+    Each iteration step yields one text piece per sequence (possibly ""); pieces concatenate to
+    the final text. Text that might still turn into a stop string is held back until it cannot.
+    The EOS token is not part of `token_ids` or the text; a stop string ends the text just
+    before it (the tokens that produced it stay in `token_ids`). `prefill_s` (prefill and first
+    token) and `decode_s` (the remaining steps) are those of the whole batch.
+    """
+
+    def __init__(
+        self,
+        parts: LanguageModelParts,
+        sequences: Sequence[PromptSequence],
+        merge: MergeConfig,
+        generation: GenerationConfig,
+        *,
+        decode: Callable[[list[int]], str],
+        eos_token_ids: Collection[int],
+    ) -> None:
+        if not sequences:
+            raise ValueError("a generation run needs at least one sequence")
+        self.parts = parts
+        self.sequences = list(sequences)
+        self.merge = merge
+        self.generation = generation
+        self.decode = decode
+        self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)
+        self.answers: list[Answer] = []
+
+    def _new_progress(self) -> _Progress:
+        if self.generation.greedy:
+            return _Progress()
+        generator = torch.Generator()
+        if self.generation.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(self.generation.seed)
+        return _Progress(generator=generator)
+
+    def _choose(
+        self, logits: torch.Tensor, progress: list[_Progress], previous: list[int]
+    ) -> list[int]:
+        """Next token of every live sequence; a finished one repeats its previous token."""
+        if self.generation.greedy:
+            chosen = logits.argmax(dim=-1).tolist()  # one host sync for the whole batch
+        else:
+            chosen = [
+                sample_token(row, self.generation, p.generator)
+                for row, p in zip(logits, progress, strict=True)
+            ]
+        return [
+            c if p.finish_reason is None else prev
+            for c, p, prev in zip(chosen, progress, previous, strict=True)
+        ]
+
+    def _advance(self, progress: _Progress, token: int) -> str:
+        """Record one new token of a live sequence; return the text piece it releases."""
+        stops = self.generation.stop
+        if token in self.eos_token_ids:
+            progress.finish_reason = "stop"
+        else:
+            progress.token_ids.append(token)
+            progress.text = self.decode(progress.token_ids)
+            cut = stop_position(progress.text, stops)
+            if cut >= 0:
+                progress.text = progress.text[:cut]
+                progress.finish_reason = "stop"
+            elif len(progress.token_ids) >= self.generation.max_new_tokens:
+                progress.finish_reason = "length"
+        end = len(progress.text)
+        if progress.finish_reason is None:
+            end -= _held_back(progress.text, stops)
+        piece = progress.text[progress.emitted : end] if end > progress.emitted else ""
+        progress.emitted = max(progress.emitted, end)
+        return piece
+
+    def __iter__(self) -> Iterator[list[str]]:
+        device = self.parts.device
+        _synchronize(device)
+        started = time.perf_counter()
+        state = prefill(self.parts, self.sequences, self.merge)
+        progress = [self._new_progress() for _ in self.sequences]
+        tokens = self._choose(state.logits, progress, previous=[0] * len(progress))
+        _synchronize(device)
+        prefill_s = time.perf_counter() - started
+        started = time.perf_counter()
+        while True:
+            pieces = []
+            for p, token in zip(progress, tokens, strict=True):
+                pieces.append(self._advance(p, token) if p.finish_reason is None else "")
+            yield pieces
+            if all(p.finish_reason is not None for p in progress):
+                break
+            # Finished sequences keep feeding their last token; their outputs are ignored, and
+            # they cannot influence the others (each sequence only attends to itself).
+            logits = decode_step(self.parts, state, torch.tensor(tokens, device=device))
+            tokens = self._choose(logits, progress, previous=tokens)
+        _synchronize(device)
+        decode_s = time.perf_counter() - started
+        self.answers = [
+            Answer(
+                text=p.text,
+                token_ids=p.token_ids,
+                finish_reason=p.finish_reason,  # type: ignore[arg-type]
+                prompt_tokens=s.prompt_tokens,
+                visual_tokens_in=s.visual_in,
+                visual_tokens_after_merge=s.visual_after_merge,
+                layer_tokens=s.layer_tokens,
+                layer_visual_tokens=s.layer_visual_tokens,
+                prefill_s=prefill_s,
+                decode_s=decode_s,
+                kept_visual=s.kept_visual,
+            )
+            for p, s in zip(progress, state.stats, strict=True)
+        ]
+
+    def run(self) -> list[Answer]:
+        """Run to the end without streaming."""
+        for _ in self:
+            pass
+        return self.answers

@@ -1,0 +1,126 @@
+"""What every Video-LLM plug-in offers: the `VideoLLM` protocol and the types it speaks.
+
+A plug-in (one file per model family: `llava_onevision.py`, `qwen2_5_vl.py`) does two things:
+
+* encode: decoded frames -> projected visual tokens with their (t, h, w) grid index and
+  per-token contribution scores (METHOD.md section 1): an `EncodedVideo`, ready for
+  `compression.compress_video`;
+* answer: `Question`s over `TokenSet`s -> `Answer`s, with the text-aware merge (or FastV, or
+  nothing) applied inside the LLM at layer K (METHOD.md section 5), decoded with a
+  `GenerationConfig`.
+
+jobs/ and serving/ program against this module and `compression.models.registry` only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from compression.config import MergeConfig
+from compression.token_set import EncodedVideo, TokenSet
+
+Frames = np.ndarray | torch.Tensor  # uint8 [F, H, W, 3]
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Decoding settings: greedy when temperature == 0, else sampling (seeded per request)."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or not 1 <= self.max_new_tokens <= 4096:
+            raise ValueError(f"max_new_tokens must be in [1, 4096], got {self.max_new_tokens!r}")
+        if not (math.isfinite(self.temperature) and 0.0 <= self.temperature <= 5.0):
+            raise ValueError(f"temperature must be in [0, 5], got {self.temperature!r}")
+        if not (math.isfinite(self.top_p) and 0.0 < self.top_p <= 1.0):
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be a non-negative integer, got {self.top_k!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass
+class Question:
+    """One question about one video's token set."""
+
+    token_set: TokenSet
+    text: str
+    system: str | None = None
+
+
+@dataclass
+class Answer:
+    """The answer to one `Question`, with the figures a user wants to see.
+
+    layer_tokens: n_i, the sequence length (visual + text) each decoder layer saw in prefill.
+    layer_visual_tokens: the visual part of n_i per layer (the paper's FLOPs convention).
+    kept_visual: positions (rows of the token set) of the visual tokens kept at layer K, or None
+        when no merge ran; lets a viewer show which tokens the question kept (Fig. S2).
+    prefill_s: prefill and the first token; decode_s: the remaining decoding steps.
+    """
+
+    text: str
+    token_ids: list[int]
+    finish_reason: Literal["stop", "length"]
+    prompt_tokens: int
+    visual_tokens_in: int
+    visual_tokens_after_merge: int
+    layer_tokens: list[int]
+    layer_visual_tokens: list[int]
+    prefill_s: float
+    decode_s: float
+    kept_visual: torch.Tensor | None = None
+
+
+@runtime_checkable
+class VideoLLM(Protocol):
+    """The interface jobs/ and serving/ program against."""
+
+    model_id: str
+    family: str  # "llava_onevision" | "qwen2_5_vl"
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def hidden_size(self) -> int: ...
+
+    @property
+    def intermediate_size(self) -> int: ...
+
+    @property
+    def num_layers(self) -> int: ...
+
+    def encode(self, frames: Frames, timestamps: Sequence[float] | None = None) -> EncodedVideo: ...
+
+    def encode_batch(
+        self, videos: Sequence[Frames], timestamps: Sequence[Sequence[float] | None] | None = None
+    ) -> list[EncodedVideo]: ...
+
+    def answer(
+        self,
+        questions: Sequence[Question],
+        merge: MergeConfig = MergeConfig(),
+        generation: GenerationConfig = GenerationConfig(),
+    ) -> list[Answer]: ...
+
+    def answer_stream(
+        self,
+        question: Question,
+        merge: MergeConfig = MergeConfig(),
+        generation: GenerationConfig = GenerationConfig(),
+    ) -> Iterator[str | Answer]: ...

@@ -1,0 +1,126 @@
+"""SOURCE expansion (directory, glob, prefix, manifests), validation, streamed content hashing."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.index.sources import content_hash, list_sources, local_copy, normalize_uri
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    for name in ("b.mp4", "a.MKV", "sub/c.webm", "notes.txt", "sub/.hidden/d.mp4", "x.json"):
+        path = tmp_path / "videos" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(name.encode() * 100)
+    return tmp_path / "videos"
+
+
+def test_directory_lists_video_files_recursively_sorted(corpus: Path) -> None:
+    assert list_sources(corpus) == [
+        str(corpus / "a.MKV"),
+        str(corpus / "b.mp4"),
+        str(corpus / "sub/.hidden/d.mp4"),
+        str(corpus / "sub/c.webm"),
+    ]
+
+
+def test_glob_takes_what_it_matches(corpus: Path) -> None:
+    assert list_sources(str(corpus / "*.mp4")) == [str(corpus / "b.mp4")]
+    assert list_sources(str(corpus / "**" / "*.txt")) == [str(corpus / "notes.txt")]
+
+
+def test_single_file_and_file_scheme(corpus: Path) -> None:
+    assert list_sources(corpus / "b.mp4") == [str(corpus / "b.mp4")]
+    assert list_sources(f"file://{corpus}/b.mp4") == [str(corpus / "b.mp4")]
+
+
+def test_text_manifest_resolves_relative_entries_and_skips_comments(corpus: Path) -> None:
+    manifest = corpus.parent / "list.txt"
+    manifest.write_text(
+        f"# my corpus\nvideos/b.mp4\n\n{corpus}/a.MKV\nvideos/b.mp4\ns3://bucket/key.mp4\n"
+    )
+    assert list_sources(manifest) == [
+        str(corpus / "b.mp4"),
+        str(corpus / "a.MKV"),
+        "s3://bucket/key.mp4",
+    ]
+
+
+def test_csv_and_parquet_manifests_need_a_uri_column(corpus: Path) -> None:
+    csv_manifest = corpus.parent / "list.csv"
+    csv_manifest.write_text("uri,label\nvideos/b.mp4,1\nvideos/sub/c.webm,2\n")
+    assert list_sources(csv_manifest) == [str(corpus / "b.mp4"), str(corpus / "sub/c.webm")]
+    table_manifest = corpus.parent / "list.parquet"
+    pq.write_table(pa.table({"uri": ["videos/sub/c.webm"], "n": [1]}), table_manifest)
+    assert list_sources(table_manifest) == [str(corpus / "sub/c.webm")]
+    wrong = corpus.parent / "wrong.csv"
+    wrong.write_text("path\nvideos/b.mp4\n")
+    with pytest.raises(ValueError, match="no 'uri' column"):
+        list_sources(wrong)
+    pq.write_table(pa.table({"path": ["x"]}), corpus.parent / "wrong.parquet")
+    with pytest.raises(ValueError, match="no 'uri' column"):
+        list_sources(corpus.parent / "wrong.parquet")
+
+
+def test_bad_sources_and_entries_are_clear_errors(corpus: Path) -> None:
+    with pytest.raises(ValueError, match="not found"):
+        list_sources(corpus / "missing")
+    with pytest.raises(ValueError, match="empty"):
+        list_sources("  ")
+    with pytest.raises(ValueError, match="unsupported URI scheme 'gopher'"):
+        list_sources(["gopher://x/y.mp4"])
+    manifest = corpus.parent / "bad.csv"
+    manifest.write_text("uri\nvideos/b.mp4\n,\n")
+    with pytest.raises(ValueError, match="entry 2 is empty"):
+        list_sources(manifest)
+    for bad in ("", "s3://", "a\x00b"):
+        with pytest.raises(ValueError):
+            normalize_uri(bad)
+
+
+def test_sequences_are_normalised_and_deduplicated(
+    corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(corpus)
+    assert list_sources(["b.mp4", str(corpus / "b.mp4"), "s3://bkt/a.mp4"]) == [
+        str(corpus / "b.mp4"),
+        "s3://bkt/a.mp4",
+    ]
+
+
+def test_local_copy_of_a_local_file_hashes_it_in_place(corpus: Path) -> None:
+    path = corpus / "b.mp4"
+    expected = hashlib.sha256(path.read_bytes()).hexdigest()
+    with local_copy(str(path)) as copy:
+        assert copy.path == str(path)
+        assert copy.content_hash == expected == content_hash(str(path))
+        assert copy.size == path.stat().st_size
+    assert path.exists()
+
+
+def test_s3_prefix_glob_manifest_and_streamed_copy(s3_bucket: str, corpus: Path) -> None:
+    import fsspec
+
+    fs = fsspec.filesystem("s3")
+    for name in ("b.mp4", "sub/c.webm", "notes.txt"):
+        fs.put(str(corpus / name), f"{s3_bucket}/clips/{name}")
+    fs.pipe(f"{s3_bucket}/list.txt", b"clips/b.mp4\nclips/notes.txt\n")
+    b_uri, c_uri = f"s3://{s3_bucket}/clips/b.mp4", f"s3://{s3_bucket}/clips/sub/c.webm"
+    assert list_sources(f"s3://{s3_bucket}/clips") == [b_uri, c_uri]
+    assert list_sources(f"s3://{s3_bucket}/clips/*.mp4") == [b_uri]
+    assert list_sources(f"s3://{s3_bucket}/list.txt") == [
+        b_uri,
+        f"s3://{s3_bucket}/clips/notes.txt",
+    ]
+    with pytest.raises(ValueError, match="not found"):
+        list_sources(f"s3://{s3_bucket}/nothing-here")
+    with local_copy(c_uri) as copy:
+        assert Path(copy.path).read_bytes() == (corpus / "sub/c.webm").read_bytes()
+        assert copy.content_hash == content_hash(c_uri) == content_hash(str(corpus / "sub/c.webm"))
+    assert not Path(copy.path).exists()  # the temporary copy is gone
