@@ -74,7 +74,7 @@ class ApiServer:
         self, engine: DeploymentHandle, settings: ServeSettings, key_digest: str | None
     ) -> None:
         self.engine = engine
-        self.catalog = Catalog(settings.catalog_url)
+        self.catalog = Catalog(settings.catalog_url, store_url=settings.store_url)
         self.key_digest = key_digest
         self.metrics = ApiMetrics()
         self.created = int(time.time())

@@ -4,6 +4,10 @@
     locations = store.save(token_sets, run_id=run_id)     # file durable first, then catalog rows
     token_set = store.load(video_id, model_id, config_hash)
 
+The catalog keeps file paths relative to the store, so a store can be copied, moved or synced to
+S3 and opened where it now is: ``open_store("/copy")`` (its own ``/copy/catalog.sqlite``) or
+``open_store("s3://bucket/mirror", catalog_url=...)`` reads the files there.
+
 The pieces, for finer control: `storage.token_files` (write_token_sets, read_token_set,
 collect_orphan_files), `storage.catalog` (Catalog), `storage.ids` (video_id_for), `storage.urls`
 (store URLs), `storage.store` (Store, open_store).

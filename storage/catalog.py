@@ -13,6 +13,22 @@ no writer fails because another got there first.
 Visibility. A token set is visible once its `token_sets` row exists; `record_indexed` writes it
 only for locations that `write_token_sets` returned, i.e. after the file is durable.
 
+Relocatable stores. A `token_sets` row holds the file's path relative to the store root
+(``tokensets/<name>.parquet``), never the store's URL, so a store can be copied, moved or mirrored
+(e.g. synced to S3) and opened where it is: `Catalog(url, store_url=...)` resolves every location
+it returns against `store_url` (`storage.open_store` passes it). A Catalog opened without a store
+URL resolves against the store that last recorded token sets into it (`catalog_info`, row
+``store_url``, written by `record_indexed`; revision 0002 fills it from the newest converted row):
+what callers that predate relocatable stores expect, and wrong for a copy or a mirror, which must
+pass `store_url`.
+
+Changed sources. `video_status.source_fingerprint` is the fingerprint (size + mtime of a local
+file, ETag of an object; see `list_sources_with_fingerprints` in `jobs.index.sources`) of the
+source listed for the indexing that produced the current token set. `needs_indexing` plans a run
+from (uri, fingerprint) pairs; `register_pending` with the new fingerprints makes a changed video
+pending again; only `record_indexed` writes the new fingerprint, in the transaction that points
+the row at the new token set, so until then `locate` returns the old one, still readable.
+
 Schema versions are Alembic revisions (`storage/migrations`); the schema is created or upgraded
 to head on first use, under a lock (SQLite's write lock, PostgreSQL's advisory lock) so
 concurrent first users do not race.
@@ -37,10 +53,12 @@ from sqlalchemy.engine import Connection, Engine
 from compression.token_set import TokenSet
 from storage.ids import validate_uri, validate_video_id, video_id_for
 from storage.token_files import TokenSetLocation
+from storage.urls import normalize_store_url, resolve_in_store, split_token_file_url
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # The one bound on a failure reason: stored, listed and shown as it is kept here.
 MAX_REASON_CHARS = 500
+MAX_FINGERPRINT_LENGTH = 256
 _CHUNK = 500  # ids per IN (...) query: far below every backend's bound-parameter limit
 _MIGRATION_LOCK_ID = 0x746F6B656E72  # PostgreSQL advisory lock key ("tokenr")
 
@@ -101,6 +119,7 @@ video_status = sa.Table(
     sa.Column("indexed_at", _TS, nullable=True),
     sa.Column("created_at", _TS, nullable=False),
     sa.Column("updated_at", _TS, nullable=False),
+    sa.Column("source_fingerprint", sa.String(MAX_FINGERPRINT_LENGTH), nullable=True),
     sa.CheckConstraint("status IN ('pending', 'indexed', 'failed')", name="status"),
     sa.Index(None, "status"),
     sa.Index(None, "run_id"),
@@ -124,7 +143,17 @@ token_sets = sa.Table(
     sa.Column("footer", sa.LargeBinary, nullable=False),
     sa.Column("kept_count", sa.Integer, nullable=False),
     sa.Column("created_at", _TS, nullable=False),
+    sa.Column("crc32", sa.BigInteger, nullable=True),  # NULL: recorded before revision 0002
 )
+
+# Facts about the catalog itself, one row each; today only "store_url" (see the module docstring).
+catalog_info = sa.Table(
+    "catalog_info",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+_STORE_URL_INFO = "store_url"
 
 
 @dataclass(frozen=True)
@@ -135,12 +164,19 @@ class IndexedVideo:
     content_hash: str
     location: TokenSetLocation
     duration_s: float | None = None
+    source_fingerprint: str | None = None  # of the source as listed for this indexing
 
     @classmethod
     def of(
-        cls, token_set: TokenSet, location: TokenSetLocation, duration_s: float | None = None
+        cls,
+        token_set: TokenSet,
+        location: TokenSetLocation,
+        duration_s: float | None = None,
+        source_fingerprint: str | None = None,
     ) -> IndexedVideo:
-        return cls(token_set.source_uri, token_set.content_hash, location, duration_s)
+        return cls(
+            token_set.source_uri, token_set.content_hash, location, duration_s, source_fingerprint
+        )
 
 
 @dataclass(frozen=True)
@@ -148,7 +184,9 @@ class VideoRecord:
     """One video under one (model_id, config_hash): its status, why it failed, where its tokens are.
 
     attempts counts failed attempts (`record_failed`); `record_indexed` leaves it unchanged, so
-    recording the same success twice changes nothing. location is None unless indexed.
+    recording the same success twice changes nothing. location is None while no token set was
+    ever recorded (a changed source being re-indexed keeps its old one, status pending/failed).
+    source_fingerprint: of the source the token set was made from (None: not recorded).
     """
 
     video_id: str
@@ -165,6 +203,7 @@ class VideoRecord:
     created_at: datetime
     updated_at: datetime
     location: TokenSetLocation | None
+    source_fingerprint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -181,16 +220,21 @@ class RunSummary:
 
 
 class Catalog:
-    """The catalog at `url` (``sqlite:///path.sqlite`` or ``postgresql+psycopg://...``).
+    """The catalog at `url` (``sqlite:///path.sqlite`` or ``postgresql+psycopg://...``) of the
+    token-set store at `store_url` (local directory or fsspec URL), against which every returned
+    location is resolved; None: the store that last recorded token sets here (module docstring).
 
     Creates/upgrades the schema on construction. One instance per process (engines must not
     cross a fork); it is thread-safe. Every method validates its inputs (ValueError).
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, store_url: str | None = None) -> None:
         if not isinstance(url, str) or not url:
             raise ValueError(f"a catalog URL must be a non-empty string, got {url!r}")
+        if store_url is not None and (not isinstance(store_url, str) or not store_url.strip()):
+            raise ValueError(f"store_url must be None or a non-empty string, got {store_url!r}")
         self.url = url
+        self.store_url = None if store_url is None else normalize_store_url(store_url)
         self.engine = create_engine(url)
         self._dialect = self.engine.dialect.name
         if self._dialect not in ("sqlite", "postgresql"):
@@ -269,40 +313,86 @@ class Catalog:
     ) -> list[str]:
         """The URIs (input order, duplicates dropped) with no token set yet under this model and
         config: unknown or pending ones, plus failed ones when `retry_failed` (and, with
-        `max_attempts`, only those that failed fewer times than that)."""
-        _check_key(model_id, config_hash)
+        `max_attempts`, only those that failed fewer times than that). `needs_indexing` without
+        fingerprints: an indexed video is done whatever happened to its source since."""
         by_id = _ids_by_uri(uris)
-        statuses: dict[str, tuple[str, int]] = {}
+        return self.needs_indexing(
+            dict.fromkeys(by_id),
+            model_id,
+            config_hash,
+            retry_failed=retry_failed,
+            max_attempts=max_attempts,
+        )
+
+    def needs_indexing(
+        self,
+        sources: Mapping[str, str | None],
+        model_id: str,
+        config_hash: str,
+        *,
+        retry_failed: bool = False,
+        max_attempts: int | None = None,
+    ) -> list[str]:
+        """The URIs of `sources` ({uri: fingerprint}, in order) to index under this model and
+        config: unknown or pending ones; indexed ones whose source changed, i.e. whose listed
+        fingerprint differs from the one recorded with their token set (a token set recorded
+        without a fingerprint counts as changed: nothing vouches for it); failed ones only when
+        `retry_failed` (and, with `max_attempts`, only those that failed fewer times than that).
+        A None fingerprint means unknown: an indexed video is then done, as in `not_indexed`."""
+        _check_key(model_id, config_hash)
+        by_id = _ids_by_uri(_checked_sources(sources))
+        rows: dict[str, Any] = {}
         with self.engine.connect() as conn:
             for chunk in _chunks(list(by_id.values())):
-                rows = conn.execute(
+                result = conn.execute(
                     sa.select(
-                        video_status.c.video_id, video_status.c.status, video_status.c.attempts
+                        video_status.c.video_id,
+                        video_status.c.status,
+                        video_status.c.attempts,
+                        video_status.c.source_fingerprint,
                     )
                     .where(video_status.c.video_id.in_(chunk))
                     .where(video_status.c.model_id == model_id)
                     .where(video_status.c.config_hash == config_hash)
                 )
-                statuses.update({r.video_id: (r.status, r.attempts) for r in rows})
+                rows.update({row.video_id: row for row in result})
 
-        def wanted(video_id: str) -> bool:
-            status, attempts = statuses.get(video_id, (VideoStatus.PENDING.value, 0))
-            if status == VideoStatus.FAILED.value:
-                return retry_failed and (max_attempts is None or attempts < max_attempts)
-            return status == VideoStatus.PENDING.value
+        def wanted(uri: str, video_id: str) -> bool:
+            row = rows.get(video_id)
+            if row is None or row.status == VideoStatus.PENDING.value:
+                return True
+            if row.status == VideoStatus.FAILED.value:
+                return retry_failed and (max_attempts is None or row.attempts < max_attempts)
+            listed = sources[uri]
+            return listed is not None and row.source_fingerprint != listed
 
-        return [uri for uri, video_id in by_id.items() if wanted(video_id)]
+        return [uri for uri, video_id in by_id.items() if wanted(uri, video_id)]
 
     def register_pending(
-        self, uris: Iterable[str], model_id: str, config_hash: str, *, run_id: str | None = None
+        self,
+        uris: Iterable[str],
+        model_id: str,
+        config_hash: str,
+        *,
+        run_id: str | None = None,
+        fingerprints: Mapping[str, str | None] | None = None,
     ) -> list[str]:
         """Mark the URIs pending under this model/config (new videos are added); return their ids.
 
-        An indexed video stays indexed; a failed one becomes pending again (a retry) and keeps its
-        attempts and last error. Safe to call concurrently with the same URIs.
+        A failed video becomes pending again (a retry) and keeps its attempts and last error. An
+        indexed video stays indexed, unless `fingerprints` ({uri: fingerprint}, as listed) gives
+        it a fingerprint other than the one recorded with its token set: its source changed, so
+        it becomes pending, and its token set stays where it is (`locate` returns it) until
+        `record_indexed` replaces it. Safe to call concurrently with the same URIs.
         """
         _check_key(model_id, config_hash)
         by_id = _ids_by_uri(uris)
+        listed = _checked_sources(fingerprints or {})
+        changed = [
+            {"changed_id": video_id, "fingerprint": listed[uri]}
+            for uri, video_id in by_id.items()
+            if listed.get(uri) is not None
+        ]
         now = _now()
         rows = [
             {"video_id": v, "uri": u, "created_at": now, "updated_at": now}
@@ -340,18 +430,36 @@ class Catalog:
                 ),
                 status_rows,
             )
+            if changed:
+                conn.execute(
+                    video_status.update()
+                    .where(video_status.c.video_id == sa.bindparam("changed_id"))
+                    .where(video_status.c.model_id == model_id)
+                    .where(video_status.c.config_hash == config_hash)
+                    .where(video_status.c.status == VideoStatus.INDEXED.value)
+                    .where(
+                        video_status.c.source_fingerprint.is_distinct_from(
+                            sa.bindparam("fingerprint")
+                        )
+                    )
+                    .values(status=VideoStatus.PENDING.value, run_id=run_id, updated_at=now),
+                    changed,
+                )
         return list(by_id.values())
 
     def record_indexed(self, entries: Sequence[IndexedVideo], *, run_id: str | None = None) -> None:
         """Make the token sets at `entries[i].location` the indexed token sets of their videos.
 
-        Call only with locations `write_token_sets` returned (the files are durable). Idempotent;
-        a later call for the same (video, model, config) replaces the location (the old file is
-        then an orphan for `collect_orphan_files`). All entries land in one transaction.
+        Call only with locations `write_token_sets` returned (the files are durable), all in one
+        store: this catalog's `store_url` when it has one (ValueError otherwise). Each entry's
+        `source_fingerprint` becomes the recorded fingerprint of its video. Idempotent; a later
+        call for the same (video, model, config) replaces the location (the old file is then an
+        orphan for `collect_orphan_files`). All entries land in one transaction.
         """
         if not entries:
             return
         now = _now()
+        store_url = self._store_of(entries)
         video_rows, status_rows, token_rows = [], [], []
         # The last entry per key wins: one statement must not update the same row twice.
         latest = {
@@ -386,21 +494,31 @@ class Catalog:
                     "indexed_at": now,
                     "created_at": now,
                     "updated_at": now,
+                    "source_fingerprint": _checked_fingerprint(entry.source_fingerprint),
                 }
             )
             token_rows.append(
                 {
                     **key,
-                    "file_url": location.file_url,
+                    "file_url": split_token_file_url(location.file_url)[1],
                     "row_group": location.row_group,
                     "byte_offset": location.offset,
                     "byte_length": location.length,
                     "footer": location.footer,
                     "kept_count": location.kept_count,
                     "created_at": now,
+                    "crc32": location.crc32,
                 }
             )
         with self._write() as conn:
+            if self._recorded_store(conn) != store_url:  # a read, so writers rarely contend on it
+                self._upsert(
+                    conn,
+                    catalog_info,
+                    [{"name": _STORE_URL_INFO, "value": store_url}],
+                    ["name"],
+                    ["value"],
+                )
             self._upsert(
                 conn, videos, video_rows, ["video_id"], ["uri", "content_hash", "updated_at"]
             )
@@ -409,7 +527,15 @@ class Catalog:
                 video_status,
                 status_rows,
                 _STATUS_KEY,
-                ["status", "error", "run_id", "last_duration_s", "indexed_at", "updated_at"],
+                [
+                    "status",
+                    "error",
+                    "run_id",
+                    "last_duration_s",
+                    "indexed_at",
+                    "updated_at",
+                    "source_fingerprint",
+                ],
             )
             self._upsert(
                 conn,
@@ -424,6 +550,7 @@ class Catalog:
                     "footer",
                     "kept_count",
                     "created_at",
+                    "crc32",
                 ],
             )
 
@@ -496,7 +623,7 @@ class Catalog:
             row = conn.execute(
                 query.order_by(token_sets.c.created_at.desc(), token_sets.c.config_hash).limit(1)
             ).first()
-        return None if row is None else _location(row)
+            return None if row is None else _location(row, self._store_root(conn))
 
     def get_video(
         self, video_id: str, model_id: str | None = None, config_hash: str | None = None
@@ -514,7 +641,9 @@ class Catalog:
             row = conn.execute(
                 query.order_by(indexed_first, video_status.c.updated_at.desc()).limit(1)
             ).first()
-        return None if row is None else _record(row)
+            if row is None:
+                return None
+            return _record(row, None if row.file_url is None else self._store_root(conn))
 
     def list_videos(
         self,
@@ -544,7 +673,9 @@ class Catalog:
                 .limit(limit)
                 .offset(offset)
             ).all()
-        return [_record(row) for row in rows]
+            has_location = any(row.file_url is not None for row in rows)
+            root = self._store_root(conn) if has_location else None
+        return [_record(row, root) for row in rows]
 
     def count_videos(
         self,
@@ -559,12 +690,47 @@ class Catalog:
         with self.engine.connect() as conn:
             return int(conn.scalar(self._listing(base, status, search, model_id, config_hash)))
 
-    def referenced_file_urls(self) -> set[str]:
-        """Every token-set file URL a catalog row points to (what garbage collection keeps)."""
+    def referenced_file_urls(self, store_url: str | None = None) -> set[str]:
+        """Every token-set file a catalog row points to, as a URL in the store at `store_url`
+        (default: the one this catalog resolves against): what garbage collection there keeps."""
         with self.engine.connect() as conn:
-            return set(conn.scalars(sa.select(token_sets.c.file_url).distinct()))
+            paths = set(conn.scalars(sa.select(token_sets.c.file_url).distinct()))
+            if not paths:
+                return set()
+            root = normalize_store_url(store_url) if store_url else self._store_root(conn)
+        return {resolve_in_store(root, path) for path in paths}
 
     # -- internals --------------------------------------------------------------------------
+    def _store_root(self, conn: Connection) -> str:
+        """The store URL the relative paths of the rows resolve against."""
+        if self.store_url is not None:
+            return self.store_url
+        recorded = self._recorded_store(conn)
+        if recorded is None:
+            raise ValueError(
+                f"the catalog {self.url} records no store: open it with Catalog(url, store_url=...)"
+            )
+        return recorded
+
+    @staticmethod
+    def _recorded_store(conn: Connection) -> str | None:
+        """The store that last recorded token sets here (None before the first)."""
+        return conn.scalar(
+            sa.select(catalog_info.c.value).where(catalog_info.c.name == _STORE_URL_INFO)
+        )
+
+    def _store_of(self, entries: Sequence[IndexedVideo]) -> str:
+        """The one store the files of `entries` are in (this catalog's, when it has one)."""
+        stores = {split_token_file_url(e.location.file_url)[0] for e in entries}
+        if len(stores) != 1:
+            raise ValueError(f"token sets from several stores in one call: {sorted(stores)}")
+        (store,) = stores
+        if self.store_url is not None and store != self.store_url:
+            raise ValueError(
+                f"token sets in the store {store}, not this catalog's {self.store_url}"
+            )
+        return store
+
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         """A write transaction (SQLite: BEGIN IMMEDIATE, so writers queue on the busy timeout
@@ -634,6 +800,7 @@ _RECORD_QUERY = sa.select(
     token_sets.c.byte_length,
     token_sets.c.footer,
     token_sets.c.kept_count,
+    token_sets.c.crc32,
 ).select_from(
     video_status.join(videos).outerjoin(
         token_sets,
@@ -653,9 +820,9 @@ def _filtered(
     return query
 
 
-def _location(row: Any) -> TokenSetLocation:
+def _location(row: Any, store_url: str) -> TokenSetLocation:
     return TokenSetLocation(
-        file_url=row.file_url,
+        file_url=resolve_in_store(store_url, row.file_url),
         row_group=row.row_group,
         offset=row.byte_offset,
         length=row.byte_length,
@@ -664,10 +831,11 @@ def _location(row: Any) -> TokenSetLocation:
         model_id=row.model_id,
         config_hash=row.config_hash,
         kept_count=row.kept_count,
+        crc32=row.crc32,
     )
 
 
-def _record(row: Any) -> VideoRecord:
+def _record(row: Any, store_url: str | None) -> VideoRecord:
     return VideoRecord(
         video_id=row.video_id,
         uri=row.uri,
@@ -682,7 +850,8 @@ def _record(row: Any) -> VideoRecord:
         indexed_at=_utc(row.indexed_at),
         created_at=_utc(row.created_at),
         updated_at=_utc(row.updated_at),
-        location=None if row.file_url is None else _location(row),
+        location=None if row.file_url is None else _location(row, store_url),
+        source_fingerprint=row.source_fingerprint,
     )
 
 
@@ -774,6 +943,26 @@ def _check_page(limit: int, offset: int) -> None:
         raise ValueError(f"limit must be an integer in [1, 10000], got {limit!r}")
     if not isinstance(offset, int) or offset < 0:
         raise ValueError(f"offset must be a non-negative integer, got {offset!r}")
+
+
+def _checked_fingerprint(fingerprint: object) -> str | None:
+    if fingerprint is None:
+        return None
+    if not isinstance(fingerprint, str) or not 1 <= len(fingerprint) <= MAX_FINGERPRINT_LENGTH:
+        raise ValueError(
+            f"a source fingerprint must be None or a string of 1-{MAX_FINGERPRINT_LENGTH} "
+            f"characters, got {fingerprint!r}"
+        )
+    return fingerprint
+
+
+def _checked_sources(sources: Mapping[str, str | None]) -> Mapping[str, str | None]:
+    """`sources` ({uri: fingerprint}) with every fingerprint checked."""
+    if not isinstance(sources, Mapping):
+        raise ValueError(f"expected a mapping {{uri: fingerprint}}, got {type(sources).__name__}")
+    for fingerprint in sources.values():
+        _checked_fingerprint(fingerprint)
+    return sources
 
 
 def _ids_by_uri(uris: Iterable[str]) -> dict[str, str]:

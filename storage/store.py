@@ -1,4 +1,9 @@
-"""A store: token-set files under one URL and the catalog that indexes them, used together."""
+"""A store: token-set files under one URL and the catalog that indexes them, used together.
+
+The catalog keeps file paths relative to the store, so a store can be copied, moved or synced to
+S3 and opened where it now is: ``open_store("/copy")`` (its own ``/copy/catalog.sqlite``) or
+``open_store("s3://bucket/mirror", catalog_url=...)`` reads the files there.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from compression.token_set import TokenSet
 from storage.catalog import Catalog, IndexedVideo
@@ -34,10 +40,19 @@ def default_catalog_url(store_url: str) -> str:
 
 @dataclass
 class Store:
-    """A token-set store and its catalog, used together."""
+    """A token-set store and its catalog, used together (the catalog resolves its locations
+    against this store: `open_store` opens it so)."""
 
     store_url: str
     catalog: Catalog
+
+    def __post_init__(self) -> None:
+        self.store_url = normalize_store_url(self.store_url)
+        if self.catalog.store_url != self.store_url:
+            raise ValueError(
+                f"the catalog resolves against {self.catalog.store_url}, not the store "
+                f"{self.store_url}: open it with Catalog(url, store_url={self.store_url!r})"
+            )
 
     def save(
         self,
@@ -45,17 +60,18 @@ class Store:
         *,
         run_id: str | None = None,
         durations_s: Sequence[float | None] | None = None,
+        fingerprints: Sequence[str | None] | None = None,
     ) -> list[TokenSetLocation]:
         """Write `token_sets` to one new file, then record them indexed (in that order, so a
-        catalog row never points to a file that is not durable)."""
-        durations = list(durations_s) if durations_s is not None else [None] * len(token_sets)
-        if len(durations) != len(token_sets):
-            raise ValueError(f"{len(durations)} durations for {len(token_sets)} token sets")
+        catalog row never points to a file that is not durable), each with its duration and the
+        fingerprint its source was listed with (`fingerprints[i]`, None when unknown)."""
+        durations = _per_token_set(durations_s, token_sets, "durations")
+        listed = _per_token_set(fingerprints, token_sets, "fingerprints")
         locations = write_token_sets(self.store_url, token_sets)
         self.catalog.record_indexed(
             [
-                IndexedVideo.of(ts, loc, d)
-                for ts, loc, d in zip(token_sets, locations, durations, strict=True)
+                IndexedVideo.of(ts, loc, d, f)
+                for ts, loc, d, f in zip(token_sets, locations, durations, listed, strict=True)
             ],
             run_id=run_id,
         )
@@ -81,7 +97,7 @@ class Store:
         """Delete token-set files no catalog row references, older than `older_than`."""
         return collect_orphan_files(
             self.store_url,
-            self.catalog.referenced_file_urls(),
+            self.catalog.referenced_file_urls(self.store_url),
             older_than=older_than,
             dry_run=dry_run,
         )
@@ -92,4 +108,15 @@ def open_store(store_url: str | None = None, catalog_url: str | None = None) -> 
     catalog at `catalog_url` (default $TOKENREEL_CATALOG_URL, then `default_catalog_url`)."""
     store_url = normalize_store_url(store_url)
     catalog_url = catalog_url or os.environ.get(CATALOG_URL_ENV) or default_catalog_url(store_url)
-    return Store(store_url, Catalog(catalog_url))
+    return Store(store_url, Catalog(catalog_url, store_url=store_url))
+
+
+def _per_token_set(
+    values: Sequence[Any] | None, token_sets: Sequence[TokenSet], name: str
+) -> list[Any]:
+    """`values` as a list with one entry per token set (all None when `values` is None)."""
+    if values is None:
+        return [None] * len(token_sets)
+    if len(values) != len(token_sets):
+        raise ValueError(f"{len(values)} {name} for {len(token_sets)} token sets")
+    return list(values)

@@ -16,6 +16,14 @@ metadata ``tokenreel.schema_version``). Only plain typed columns, nothing execut
     assignment list<int32> (null when the token set has none); extras_json string;
     payload_crc32 int64: CRC-32 of the bytes of tokens, index, kind, size, assignment (in order).
 
+Checksums. Every byte a load reads is covered: `TokenSetLocation.crc32` is the CRC-32 of the row
+group's bytes followed by its footer, computed at write time from the standalone encoding and kept
+in the catalog row, and checked before anything is decoded (a CRC-32 detects every error burst of
+up to 32 bits, so every changed byte, with certainty). It replaces, on load, the in-file
+`payload_crc32` (whose bytes it covers), which still verifies locations recorded before the
+catalog held `crc32` (it does not cover the metadata columns).
+Whatever still fails while decoding is a `TokenSetReadError` too, never a bare decoder exception.
+
 Why the tokens are one binary value rather than a list<uint16>: it holds every float width (fp32
 needs 4 bytes), it is bit-exact by construction (no float is ever decoded, NaN payloads and -0.0
 survive), and it decodes with one memcpy instead of per-element repetition levels. It is stored
@@ -64,14 +72,13 @@ from fsspec.implementations.local import LocalFileSystem
 from compression.config import CompressionConfig
 from compression.token_set import TokenSet
 from storage.ids import validate_uri, validate_video_id, video_id_for
-from storage.urls import filesystem_for, normalize_store_url, url_of
+from storage.urls import TOKEN_DIR, filesystem_for, is_local, normalize_store_url, url_of
 
 if sys.byteorder != "little":  # the token bytes are stored little-endian, as torch holds them here
     raise ImportError("storage.token_files supports little-endian machines only")
 
 SCHEMA_VERSION = 1
 SCHEMA_VERSION_KEY = "tokenreel.schema_version"
-TOKEN_DIR = "tokensets"
 PARQUET_MAGIC = b"PAR1"
 
 DTYPE_NAMES: dict[torch.dtype, str] = {
@@ -141,12 +148,16 @@ class TokenSetReadError(Exception):
 class TokenSetLocation:
     """Where one token set lives, and what it is (enough to load it with one ranged read).
 
-    file_url: the Parquet file (absolute path, or URL such as ``s3://bucket/prefix/...``).
+    file_url: the Parquet file (absolute path, or URL such as ``s3://bucket/prefix/...``), as
+        the reader should open it: `Catalog` keeps the path relative to the store root and
+        resolves it against the store it was opened with.
     row_group: its row group in that file.
     offset, length: the byte range of that row group in the file.
     footer: the Parquet footer (Thrift FileMetaData) of a file holding only this row group,
         with the row group at byte 4 (see the module docstring).
     video_id, model_id, config_hash, kept_count: the identity of the token set stored there.
+    crc32: CRC-32 of the row group's bytes followed by `footer` (all a load reads); None for
+        locations recorded before catalog revision 0002 (then only the payload CRC is checked).
     """
 
     file_url: str
@@ -158,6 +169,7 @@ class TokenSetLocation:
     model_id: str
     config_hash: str
     kept_count: int
+    crc32: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (the footer as base64)."""
@@ -254,7 +266,8 @@ def _locations(
     locations = []
     for row_group, table in enumerate(tables):
         offset, length = _row_group_range(metadata, row_group)
-        alone_length, footer = _encode_alone(table)
+        row_group_bytes, footer = _encode_alone(table)
+        alone_length = len(row_group_bytes)
         if alone_length != length:  # would mean pyarrow encoded the same row differently
             raise RuntimeError(
                 f"{file_url}: row group {row_group} is {length} bytes in the file but "
@@ -272,6 +285,8 @@ def _locations(
                 model_id=row["model_id"],
                 config_hash=row["config_hash"],
                 kept_count=row["kept_count"],
+                # Of the standalone bytes: a file whose range differs from them fails its loads.
+                crc32=range_crc32(row_group_bytes, footer),
             )
         )
     return locations
@@ -291,14 +306,19 @@ def _row_group_range(metadata: pq.FileMetaData, row_group: int) -> tuple[int, in
     return min(starts), max(ends) - min(starts)
 
 
-def _encode_alone(table: pa.Table) -> tuple[int, bytes]:
-    """Encode `table` as a standalone one-row-group file; return (row group length, footer)."""
+def _encode_alone(table: pa.Table) -> tuple[bytes, bytes]:
+    """Encode `table` as a standalone one-row-group file; return (row group bytes, footer)."""
     sink = pa.BufferOutputStream()
     _write_parquet(sink, [table])
     data = sink.getvalue().to_pybytes()
     footer_length = int.from_bytes(data[-8:-4], "little")
-    footer = data[-8 - footer_length : -8]
-    return len(data) - len(PARQUET_MAGIC) - footer_length - 8, footer
+    footer_start = len(data) - 8 - footer_length
+    return data[len(PARQUET_MAGIC) : footer_start], data[footer_start:-8]
+
+
+def range_crc32(row_group_bytes: bytes, footer: bytes) -> int:
+    """CRC-32 of a row group's bytes followed by its footer: `TokenSetLocation.crc32`."""
+    return zlib.crc32(footer, zlib.crc32(row_group_bytes))
 
 
 def _to_table(ts: TokenSet) -> pa.Table:
@@ -384,10 +404,12 @@ def read_token_set(
 ) -> TokenSet:
     """Load the token set at `location` (one ranged read of its row group, nothing else).
 
-    Checks the schema version (file metadata and column), the identity in the row against the
-    location and against `expected_config_hash` / `expected_model_id` when given, every shape,
-    the dtype, the config hash of the stored config and the payload CRC-32. Any failure (missing
-    or truncated file, corrupt bytes, mismatch) raises `TokenSetReadError` naming the file.
+    Checks the CRC-32 of every byte read (`location.crc32`, when the location has one) before
+    decoding, then the schema (version in the file metadata and column, column types), the
+    identity in the row against the location and against `expected_config_hash` /
+    `expected_model_id` when given, every shape, the dtype, the config hash of the stored config
+    and, for a location without `crc32`, the payload CRC-32. Any failure (missing or truncated
+    file, corrupt bytes, mismatch, a relative file URL) raises `TokenSetReadError` naming the file.
     """
     url = location.file_url
     if expected_model_id is not None and location.model_id != expected_model_id:
@@ -396,14 +418,22 @@ def read_token_set(
         raise TokenSetReadError(
             url, f"config hash {location.config_hash!r}, expected {expected_config_hash!r}"
         )
-    table = _read_row_group(location)
-    version = table.schema.metadata and table.schema.metadata.get(SCHEMA_VERSION_KEY.encode())
-    if version != str(SCHEMA_VERSION).encode():
+    data = _read_range(location)
+    if location.crc32 is not None and range_crc32(data, location.footer) != location.crc32:
         raise TokenSetReadError(
             url,
-            f"schema version {version!r} in the file metadata; this reader reads {SCHEMA_VERSION}",
+            f"corrupt row group {location.row_group}: checksum mismatch (its bytes in the file "
+            "or the footer in its location changed since it was written)",
         )
-    token_set = _from_table(table, url)
+    try:
+        # The range CRC covers the payload's bytes too: the payload CRC would only repeat it.
+        table = _decode_row_group(data, location)
+        token_set = _from_table(table, url, check_payload=location.crc32 is None)
+    except TokenSetReadError:
+        raise
+    except _DECODE_ERRORS as exc:
+        # Only reachable for locations without crc32: corrupt bytes the decoder trips over.
+        raise TokenSetReadError(url, f"corrupt row group {location.row_group}: {exc!r}") from exc
     identity = {
         "video_id": (token_set.video_id, location.video_id),
         "model_id": (token_set.model_id, location.model_id),
@@ -420,8 +450,19 @@ def read_token_set(
     return token_set
 
 
-def _read_row_group(location: TokenSetLocation) -> pa.Table:
+# What decoding malformed bytes raises in pyarrow (its own errors; invalid UTF-8 as
+# UnicodeDecodeError, a ValueError), json (ValueError), numpy and torch (ValueError, TypeError,
+# IndexError, OverflowError on absurd sizes).
+_DECODE_ERRORS = (pa.ArrowException, OSError, ValueError, TypeError, IndexError, OverflowError)
+
+
+def _read_range(location: TokenSetLocation) -> bytes:
+    """The row group's bytes, exactly `location.length` of them."""
     url = location.file_url
+    if is_local(url) and not os.path.isabs(url.removeprefix("file://")):
+        raise TokenSetReadError(
+            url, "relative location: resolve it against its store (Catalog(url, store_url=...))"
+        )
     fs, path = filesystem_for(url)
     end = location.offset + location.length
     try:
@@ -435,21 +476,31 @@ def _read_row_group(location: TokenSetLocation) -> pa.Table:
             url,
             f"truncated: got {len(data)} of {location.length} bytes at offset {location.offset}",
         )
+    return data
+
+
+def _decode_row_group(data: bytes, location: TokenSetLocation) -> pa.Table:
+    """The one-row table of SCHEMA in `data`, stitched between magic and the location's footer."""
+    url = location.file_url
     footer_length = len(location.footer).to_bytes(4, "little")
     standalone = b"".join((PARQUET_MAGIC, data, location.footer, footer_length, PARQUET_MAGIC))
-    try:
-        table = pq.ParquetFile(pa.BufferReader(standalone)).read(use_threads=False)
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        raise TokenSetReadError(url, f"corrupt row group {location.row_group}: {exc}") from exc
-    if table.num_rows != 1 or table.schema.names != SCHEMA.names:
+    table = pq.ParquetFile(pa.BufferReader(standalone)).read(use_threads=False)
+    if table.num_rows != 1 or not table.schema.equals(SCHEMA, check_metadata=False):
         raise TokenSetReadError(
             url, f"row group {location.row_group} is not one token set of schema v{SCHEMA_VERSION}"
+        )
+    version = table.schema.metadata and table.schema.metadata.get(SCHEMA_VERSION_KEY.encode())
+    if version != str(SCHEMA_VERSION).encode():
+        raise TokenSetReadError(
+            url,
+            f"schema version {version!r} in the file metadata; this reader reads {SCHEMA_VERSION}",
         )
     return table
 
 
-def _from_table(table: pa.Table, url: str) -> TokenSet:
-    """The TokenSet in a one-row table of SCHEMA, every invariant checked."""
+def _from_table(table: pa.Table, url: str, *, check_payload: bool = True) -> TokenSet:
+    """The TokenSet in a one-row table of SCHEMA, every invariant checked (the payload CRC-32
+    when `check_payload`)."""
     scalars = {
         name: table.column(name)[0].as_py()
         for name in SCHEMA.names
@@ -490,7 +541,7 @@ def _from_table(table: pa.Table, url: str) -> TokenSet:
         raise TokenSetReadError(
             url, f"{len(timestamps)} timestamps for {scalars['frame_count']} frames"
         )
-    if _crc32(arrays.values()) != scalars["payload_crc32"]:
+    if check_payload and _crc32(arrays.values()) != scalars["payload_crc32"]:
         raise TokenSetReadError(url, "payload checksum mismatch (corrupt token bytes)")
     try:
         config = CompressionConfig.from_dict(json.loads(scalars["config_json"]))

@@ -16,6 +16,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 DEFAULT_STORE_URL = "./tokenreel-data"
 STORE_URL_ENV = "TOKENREEL_STORE_URL"
+TOKEN_DIR = "tokensets"  # token-set files live at <store>/tokensets/<name>, nowhere else
 
 
 def is_local(url: str) -> bool:
@@ -57,3 +58,22 @@ def url_of(fs: fsspec.AbstractFileSystem, path: str) -> str:
     if isinstance(fs, LocalFileSystem):
         return os.path.abspath(path)
     return fs.unstrip_protocol(path)
+
+
+def split_token_file_url(file_url: str) -> tuple[str, str]:
+    """(store URL, path relative to it) of the token-set file at `file_url`.
+
+    Token-set files always live at ``<store>/tokensets/<name>``, so the store is what precedes
+    ``/tokensets/``; the relative path is ``tokensets/<name>`` (what the catalog stores, so that
+    a copied, moved or mirrored store still finds its files). ValueError for any other URL.
+    """
+    parent, _, name = file_url.rpartition("/")
+    root, _, directory = parent.rpartition("/")
+    if directory != TOKEN_DIR or not name or not root or root.endswith(":/"):
+        raise ValueError(f"not a token-set file URL (<store>/{TOKEN_DIR}/<name>): {file_url!r}")
+    return normalize_store_url(root), f"{TOKEN_DIR}/{name}"
+
+
+def resolve_in_store(store_url: str, relative_path: str) -> str:
+    """The URL of `relative_path` (as `split_token_file_url` returns it) in the store."""
+    return join_url(store_url, *relative_path.split("/"))

@@ -16,6 +16,13 @@ paths without a scheme (`file://` is stripped), remote ones stay `protocol://buc
 Duplicates are dropped (first kept). Files a directory holds without a video suffix are not
 videos and are left out; an explicit glob or manifest entry is taken as given, so a bad file
 named there becomes a recorded failure instead of silently vanishing.
+
+Fingerprints (`list_sources_with_fingerprints`) tell a replaced video from the one indexed
+before: ``local:<size>:<mtime_ns>`` for a local file (one stat), ``etag:<ETag>`` for an object,
+taken from the listing that found it (no request per object). A remote URI that no listing
+returned (a manifest entry, a URI given from Python) has no fingerprint (None: unknown, so the
+catalog treats it as unchanged, as before fingerprints existed), and neither has a local path
+that does not exist (its indexing fails and is recorded).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import glob as local_glob
 import hashlib
 import io
 import os
+import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -58,11 +66,45 @@ class LocalCopy:
 
 def list_sources(source: str | os.PathLike[str] | Sequence[str]) -> list[str]:
     """The normalised, de-duplicated video URIs that SOURCE names (see the module docstring)."""
+    return list(list_sources_with_fingerprints(source))
+
+
+def list_sources_with_fingerprints(
+    source: str | os.PathLike[str] | Sequence[str],
+) -> dict[str, str | None]:
+    """{uri: fingerprint} of the videos SOURCE names, in `list_sources` order (the fingerprint
+    is None when unknown; see the module docstring)."""
     if isinstance(source, (str, os.PathLike)):
-        uris = _expand(os.fspath(source))
+        listed = _expand(os.fspath(source))
     else:
-        uris = [normalize_uri(str(uri)) for uri in source]
-    return list(dict.fromkeys(uris))
+        listed = [(normalize_uri(str(uri)), None) for uri in source]
+    sources: dict[str, str | None] = {}
+    for uri, fingerprint in listed:
+        if uri not in sources:
+            sources[uri] = fingerprint if fingerprint is not None else local_fingerprint(uri)
+    return sources
+
+
+def local_fingerprint(uri: str) -> str | None:
+    """``local:<size>:<mtime_ns>`` of the local file at `uri`; None for a remote URI or a path
+    that is not a file."""
+    if not is_local(uri):
+        return None
+    try:
+        info = os.stat(uri)
+    except OSError:
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    return f"local:{info.st_size}:{info.st_mtime_ns}"
+
+
+def _listed_fingerprint(info: dict) -> str | None:
+    """The fingerprint in an object store's listing entry (its ETag), None when it has none."""
+    etag = info.get("ETag") or info.get("etag")
+    if not etag:
+        return None
+    return "etag:" + str(etag).strip('"')  # S3 quotes its ETags
 
 
 def normalize_uri(uri: str, base: str | None = None) -> str:
@@ -129,7 +171,11 @@ def _hash_stream(handle: io.BufferedIOBase, sink: io.BufferedIOBase | None) -> t
 # -- expanding SOURCE ---------------------------------------------------------------------------
 
 
-def _expand(source: str) -> list[str]:
+# A listed URI with the fingerprint its listing gave (None: none given; a local path is stat'ed).
+_Listed = tuple[str, str | None]
+
+
+def _expand(source: str) -> list[_Listed]:
     if not source.strip():
         raise ValueError("SOURCE is empty")
     uri = normalize_uri(source)
@@ -137,21 +183,33 @@ def _expand(source: str) -> list[str]:
         return _glob(uri)
     fs, path = fsspec.core.url_to_fs(uri)
     if fs.isdir(path):
-        return [_unstrip(uri, p) for p in sorted(fs.find(path)) if _is_video_name(p)]
-    if not fs.isfile(path):
+        found = fs.find(path, detail=True)
+        return [_entry(uri, p, found[p]) for p in sorted(found) if _is_video_name(p)]
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        info = {}
+    if info.get("type") != "file":
         raise ValueError(f"SOURCE not found: {source}")
     suffix = PurePosixPath(path).suffix.lower()
     if suffix in LINE_MANIFEST_SUFFIXES | TABLE_MANIFEST_SUFFIXES:
-        return _read_manifest(uri, suffix)
-    return [uri]
+        return [(entry, None) for entry in _read_manifest(uri, suffix)]
+    return [_entry(uri, path, info)]
 
 
-def _glob(pattern: str) -> list[str]:
+def _glob(pattern: str) -> list[_Listed]:
     if is_local(pattern):
         matches = local_glob.glob(pattern, recursive=True)
-        return sorted(os.path.abspath(m) for m in matches if os.path.isfile(m))
+        return [(m, None) for m in sorted(os.path.abspath(m) for m in matches if os.path.isfile(m))]
     fs, path = fsspec.core.url_to_fs(pattern)
-    return [_unstrip(pattern, p) for p in sorted(fs.glob(path)) if fs.isfile(p)]
+    found = fs.glob(path, detail=True)
+    return [_entry(pattern, p, found[p]) for p in sorted(found) if found[p].get("type") == "file"]
+
+
+def _entry(uri: str, path: str, info: dict) -> _Listed:
+    """(URI, fingerprint) of a path a listing of `uri`'s filesystem returned with `info`."""
+    listed = _unstrip(uri, path)
+    return listed, None if is_local(listed) else _listed_fingerprint(info)
 
 
 def _read_manifest(uri: str, suffix: str) -> list[str]:

@@ -30,6 +30,7 @@ def _location(
         model_id=model,
         config_hash=config,
         kept_count=125,
+        crc32=0xDEADBEEF,  # read back as recorded
     )
 
 
@@ -213,4 +214,67 @@ def test_concurrent_writers_neither_duplicate_nor_lose_rows(catalog_url: str) ->
     assert {r.uri for r in records if r.status is VideoStatus.INDEXED} == expected_indexed
     assert {r.uri for r in records if r.location is not None} == expected_indexed
     assert all(r.status is VideoStatus.FAILED for r in records if r.uri not in expected_indexed)
+    catalog.close()
+
+
+def test_a_changed_source_is_reindexed_and_its_old_token_set_stays_until_replaced(
+    catalog_url: str,
+) -> None:
+    """Issue 13: sources listed with fingerprints; a changed one needs indexing again, becomes
+    pending, and `locate` keeps returning its old token set until the new one is recorded."""
+    catalog = Catalog(catalog_url)
+    a, b, c, d = (f"s3://v/{name}.mp4" for name in "abcd")
+    listed = {a: "etag:1", b: "etag:1", c: None, d: "etag:1"}
+    assert catalog.needs_indexing(listed, MODEL, CONFIG) == [a, b, c, d]
+    catalog.register_pending(listed, MODEL, CONFIG, fingerprints=listed)
+    catalog.record_indexed(
+        [
+            IndexedVideo(a, "sha256:a", _location(a, file="a1"), source_fingerprint="etag:1"),
+            IndexedVideo(b, "sha256:b", _location(b), source_fingerprint="etag:1"),
+            IndexedVideo(c, "sha256:c", _location(c)),
+            IndexedVideo(d, "sha256:d", _location(d)),  # recorded without a fingerprint
+        ]
+    )
+    assert catalog.get_video(video_id_for(a)).source_fingerprint == "etag:1"
+    assert catalog.needs_indexing(listed, MODEL, CONFIG) == [d]  # d: nothing vouches for it
+    assert catalog.needs_indexing({a: None, c: None}, MODEL, CONFIG) == []  # unknown: done
+    assert catalog.not_indexed([a, b, c, d], MODEL, CONFIG) == []  # callers without fingerprints
+
+    relisted = {a: "etag:2", b: "etag:1", c: "local:7:1"}
+    assert catalog.needs_indexing(relisted, MODEL, CONFIG) == [a, c]
+    assert catalog.needs_indexing(relisted, MODEL, "cfg-other") == [a, b, c]
+    catalog.register_pending([a, b, c], MODEL, CONFIG, fingerprints=relisted)
+    old = _location(a, file="a1")
+    a_id = video_id_for(a)
+    record = catalog.get_video(a_id, MODEL, CONFIG)
+    assert record.status is VideoStatus.PENDING and record.location == old
+    assert record.source_fingerprint == "etag:1"  # the token set's, until it is replaced
+    assert catalog.get_video(video_id_for(b)).status is VideoStatus.INDEXED  # unchanged
+    assert catalog.locate(a_id, MODEL, CONFIG) == old
+
+    catalog.record_failed(a, MODEL, CONFIG, "decode error")  # the new version fails
+    assert catalog.get_video(a_id).status is VideoStatus.FAILED
+    assert catalog.locate(a_id) == old  # still served
+    assert catalog.needs_indexing(relisted, MODEL, CONFIG) == [c]
+    assert catalog.needs_indexing(relisted, MODEL, CONFIG, retry_failed=True) == [a, c]
+
+    new = _location(a, file="a2")
+    catalog.record_indexed([IndexedVideo(a, "sha256:a2", new, source_fingerprint="etag:2")])
+    assert catalog.locate(a_id) == new
+    record = catalog.get_video(a_id)
+    assert record.status is VideoStatus.INDEXED and record.source_fingerprint == "etag:2"
+    assert catalog.needs_indexing(relisted, MODEL, CONFIG) == [c]
+    catalog.close()
+
+
+def test_fingerprints_are_validated(catalog_url: str) -> None:
+    catalog = Catalog(catalog_url)
+    for bad in ("", "x" * 257, 12):
+        with pytest.raises(ValueError, match="fingerprint"):
+            catalog.needs_indexing({"s3://v/a.mp4": bad}, MODEL, CONFIG)
+        with pytest.raises(ValueError, match="fingerprint"):
+            catalog.record_indexed([IndexedVideo("a", "h", _location("a"), source_fingerprint=bad)])
+    with pytest.raises(ValueError, match="mapping"):
+        catalog.needs_indexing(["s3://v/a.mp4"], MODEL, CONFIG)
+    assert catalog.count_videos() == 0
     catalog.close()

@@ -7,7 +7,13 @@ import pytest
 from storage_factory import assert_same_token_set, make_token_set
 
 from compression.config import CompressionConfig
-from storage import TokenSetReadError, default_catalog_url, open_store, video_id_for
+from storage import (
+    TokenSetReadError,
+    default_catalog_url,
+    open_store,
+    video_id_for,
+    write_token_sets,
+)
 
 
 def test_defaults_are_a_local_store_with_its_sqlite_catalog(
@@ -62,4 +68,27 @@ def test_s3_store_with_a_sql_catalog(s3_bucket: str, tmp_path: Path) -> None:
     assert store.catalog.referenced_file_urls() == {locations[0].file_url}
     for ts in token_sets:
         assert_same_token_set(ts, store.load(video_id_for(ts.source_uri), ts.model_id))
+    store.catalog.close()
+
+
+def test_a_replaced_video_keeps_its_old_token_set_until_the_new_one_is_recorded(
+    tmp_path: Path,
+) -> None:
+    store = open_store(str(tmp_path))
+    old = make_token_set(0)
+    new = make_token_set(1).with_metadata(source_uri=old.source_uri)  # same URI, new bytes
+    uri, video_id = old.source_uri, video_id_for(old.source_uri)
+    store.save([old], fingerprints=["etag:old"])
+    key = (old.model_id, old.config_hash)
+    assert store.catalog.needs_indexing({uri: "etag:old"}, *key) == []
+    assert store.catalog.needs_indexing({uri: "etag:new"}, *key) == [uri]
+    store.catalog.register_pending([uri], *key, fingerprints={uri: "etag:new"})
+    write_token_sets(store.store_url, [new])  # durable, not recorded yet (a crash here...)
+    assert_same_token_set(old, store.load(video_id, *key))
+    assert store.catalog.needs_indexing({uri: "etag:new"}, *key) == [uri]  # ...is retried
+    store.save([new], fingerprints=["etag:new"])
+    assert_same_token_set(new, store.load(video_id, *key))
+    assert store.catalog.needs_indexing({uri: "etag:new"}, *key) == []
+    with pytest.raises(ValueError, match="2 fingerprints for 1 token sets"):
+        store.save([new], fingerprints=["a", "b"])
     store.catalog.close()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pyarrow.parquet as pq
@@ -191,6 +192,16 @@ def test_missing_file_is_a_clear_error(tmp_path) -> None:
         read_token_set(location)
 
 
+def test_relative_file_url_is_refused_not_resolved_against_the_working_directory(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (location,) = write_token_sets(str(tmp_path), [make_token_set(0)])
+    monkeypatch.chdir(tmp_path)  # where tokensets/<name> would happen to exist
+    relative = replace(location, file_url=f"tokensets/{os.path.basename(location.file_url)}")
+    with pytest.raises(TokenSetReadError, match="relative location"):
+        read_token_set(relative)
+
+
 def test_invalid_token_sets_are_refused_before_writing(tmp_path) -> None:
     with pytest.raises(ValueError, match="invalid video id"):
         write_token_sets(str(tmp_path), [make_token_set(0).with_metadata(video_id="../x")])
@@ -255,3 +266,72 @@ def test_orphan_files_are_collected(request: pytest.FixtureRequest, tmp_path, wh
         os.path.basename(kept),
         names["young_orphan"],
     }
+
+
+def _flipped(data: bytes, position: int) -> bytes:
+    return data[:position] + bytes([data[position] ^ 0xFF]) + data[position + 1 :]
+
+
+def _outcome(location: token_files.TokenSetLocation) -> str:
+    try:
+        read_token_set(location)
+    except Exception as exc:  # records every kind of failure, to assert which kinds there are
+        return type(exc).__name__
+    return "loaded"
+
+
+def _serve_range(monkeypatch: pytest.MonkeyPatch, location) -> list[bytes]:
+    """Make every ranged read of `location` return `served[0]` (initially the stored bytes), so
+    that thousands of corruptions are tried without rewriting the file."""
+    with open(location.file_url, "rb") as f:
+        f.seek(location.offset)
+        served = [f.read(location.length)]
+
+    class ServingFileSystem:
+        def cat_file(self, path, start=None, end=None):
+            assert (start, end) == (location.offset, location.offset + location.length)
+            return served[0]
+
+    monkeypatch.setattr(token_files, "filesystem_for", lambda url: (ServingFileSystem(), url))
+    return served
+
+
+def test_every_byte_a_load_reads_is_checksummed(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12: flip each byte of the row group's range and of the footer in turn; every load
+    must fail with TokenSetReadError: never another exception, never a different token set."""
+    ts = make_token_set(0, kept=3, hidden=4, grid=(2, 2, 2))
+    (location,) = write_token_sets(str(tmp_path), [ts])
+    assert location.crc32 is not None
+    served = _serve_range(monkeypatch, location)
+    stored = served[0]
+    assert_same_token_set(ts, read_token_set(location))
+    outcomes = []
+    for position in range(len(stored)):
+        served[0] = _flipped(stored, position)
+        outcomes.append(_outcome(location))
+    served[0] = stored
+    for position in range(len(location.footer)):
+        outcomes.append(_outcome(replace(location, footer=_flipped(location.footer, position))))
+    assert len(outcomes) == location.length + len(location.footer) > 1000
+    assert set(outcomes) == {"TokenSetReadError"}
+
+
+def test_locations_without_range_checksum_still_fail_cleanly(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A location recorded before the catalog held crc32 verifies with the payload CRC only:
+    corrupt metadata may then go unnoticed, but a decode failure is still a TokenSetReadError
+    (corrupt strings were an unwrapped UnicodeDecodeError)."""
+    ts = make_token_set(0, kept=3, hidden=4, grid=(2, 2, 2))
+    (location,) = write_token_sets(str(tmp_path), [ts])
+    legacy = replace(location, crc32=None)
+    served = _serve_range(monkeypatch, location)
+    stored = served[0]
+    outcomes = set()
+    for position in range(len(stored)):
+        served[0] = _flipped(stored, position)
+        outcomes.add(_outcome(legacy))
+    served[0] = stored
+    for position in range(len(location.footer)):
+        outcomes.add(_outcome(replace(legacy, footer=_flipped(location.footer, position))))
+    assert "TokenSetReadError" in outcomes and outcomes <= {"TokenSetReadError", "loaded"}

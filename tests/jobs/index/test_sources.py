@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.index.sources import content_hash, list_sources, local_copy, normalize_uri
+from jobs.index.sources import (
+    content_hash,
+    list_sources,
+    list_sources_with_fingerprints,
+    local_copy,
+    normalize_uri,
+)
 
 
 @pytest.fixture
@@ -124,3 +131,59 @@ def test_s3_prefix_glob_manifest_and_streamed_copy(s3_bucket: str, corpus: Path)
         assert Path(copy.path).read_bytes() == (corpus / "sub/c.webm").read_bytes()
         assert copy.content_hash == content_hash(c_uri) == content_hash(str(corpus / "sub/c.webm"))
     assert not Path(copy.path).exists()  # the temporary copy is gone
+
+
+def test_local_fingerprints_are_size_and_mtime_and_change_with_the_file(corpus: Path) -> None:
+    b = corpus / "b.mp4"
+    listed = list_sources_with_fingerprints(corpus)
+    assert list(listed) == list_sources(corpus)
+    stat = b.stat()
+    assert listed[str(b)] == f"local:{stat.st_size}:{stat.st_mtime_ns}"
+    os.utime(b, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # rewritten, same size
+    changed = f"local:{stat.st_size}:{stat.st_mtime_ns + 1_000_000}"
+    assert list_sources_with_fingerprints(corpus)[str(b)] == changed
+    assert list_sources_with_fingerprints(str(corpus / "*.mp4")) == {str(b): changed}
+    assert list_sources_with_fingerprints(b) == {str(b): changed}
+    manifest = corpus.parent / "list.txt"
+    manifest.write_text("videos/b.mp4\nvideos/missing.mp4\ns3://bucket/key.mp4\n")
+    assert list_sources_with_fingerprints(manifest) == {
+        str(b): changed,
+        str(corpus / "missing.mp4"): None,  # fails when indexed, and is recorded so
+        "s3://bucket/key.mp4": None,  # named, not listed: unknown without a request
+    }
+    assert list_sources_with_fingerprints([str(b), "s3://bkt/a.mp4"])["s3://bkt/a.mp4"] is None
+
+
+def test_s3_fingerprints_are_the_listing_etags(
+    s3_bucket: str, corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fsspec
+    import s3fs
+
+    fs = fsspec.filesystem("s3")
+    for name in ("b.mp4", "sub/c.webm"):
+        fs.put(str(corpus / name), f"{s3_bucket}/clips/{name}")
+    b_uri, c_uri = f"s3://{s3_bucket}/clips/b.mp4", f"s3://{s3_bucket}/clips/sub/c.webm"
+    calls: list[str] = []
+    original = s3fs.S3FileSystem._call_s3
+
+    async def counting_call_s3(self, method, *args, **kwargs):
+        calls.append(method)
+        return await original(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", counting_call_s3)
+    fs.invalidate_cache()
+    listed = list_sources_with_fingerprints(f"s3://{s3_bucket}/clips")
+    assert "list_objects_v2" in calls and "head_object" not in calls  # ETags from the listing
+    etag = fs.info(f"{s3_bucket}/clips/b.mp4")["ETag"].strip('"')
+    assert listed == {b_uri: f"etag:{etag}", c_uri: listed[c_uri]}
+    assert listed[c_uri].startswith("etag:") and listed[c_uri] != listed[b_uri]
+    calls.clear()
+    assert list_sources_with_fingerprints(f"s3://{s3_bucket}/clips/*.mp4") == {b_uri: listed[b_uri]}
+    assert "head_object" not in calls
+
+    fs.pipe_file(f"{s3_bucket}/clips/b.mp4", b"a different video")  # replaced at the same key
+    fs.invalidate_cache()
+    relisted = list_sources_with_fingerprints(f"s3://{s3_bucket}/clips")
+    assert relisted[b_uri] != listed[b_uri] and relisted[c_uri] == listed[c_uri]
+    assert list_sources_with_fingerprints(b_uri) == {b_uri: relisted[b_uri]}  # a single object
