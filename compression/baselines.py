@@ -21,6 +21,8 @@ own papers leave room:
   size = target + members. Arithmetic in float32 (VisionZip: the model dtype). VisionZip ranks
   by the encoder's CLS attention and compares the attention keys; we use the contribution
   scores and the tokens themselves.
+* "holitom", "fastvid": the peers' outer stages, see compression/holitom.py and
+  compression/fastvid.py.
 * "ours_no_cluster": the retention pool with capacity M (no cluster refill); if candidates run
   out first, the highest-contribution recycled tokens fill the budget; kind SELECTED, size 1.
 """
@@ -32,6 +34,8 @@ import math
 import torch
 
 from compression.config import CompressionConfig
+from compression.fastvid import fastvid
+from compression.holitom import holitom
 from compression.kept_tokens import KeptTokens, VideoTokens, mean_by_group
 from compression.retention_pool import contribution_order, retention_pool, unit_rows
 from compression.token_set import TokenKind
@@ -156,6 +160,10 @@ def run_baseline(video: VideoTokens, config: CompressionConfig) -> KeptTokens:
         return uniform_pooling(video, budget)
     if config.method == "visionzip":
         return visionzip(video, budget, config.visionzip_dominant_ratio)
+    if config.method == "holitom":
+        return holitom(video, budget, config)
+    if config.method == "fastvid":
+        return fastvid(video, budget, config)
     raise ValueError(f"{config.method!r} is not a baseline")
 
 
