@@ -10,15 +10,19 @@ own papers leave room:
 * "uniform": the budget is split over frames as evenly as possible (`frame_budgets`); frame t's
   H x W grid is tiled into b_t rectangles (`region_labels`) and each rectangle average-pooled into
   one token, kind CLUSTER, size = its cell count, placed at its central cell.
-* "visionzip" (VisionZip-style, per frame, same per-frame split): round(visionzip_dominant_ratio *
-  b_t) dominant tokens = the frame's highest scores (kind SELECTED); the b_t - n_dom contextual
-  tokens: VisionZip's uniformly spaced targets among the remaining tokens (every
-  (remaining // n_ctx)-th one), every other remaining token joins the target of highest cosine
-  similarity, and a contextual token is the mean of its target and members (kind CLUSTER; a
-  size-weighted mean of size-1 tokens is the plain mean; VisionZip itself adds the target to
-  the members' mean, which doubles the token's scale; we keep tokens on the scale of the
-  originals). VisionZip ranks by the encoder's CLS attention; we use the same contribution
-  scores as the paper's method.
+* "visionzip" (VisionZip, github dvlab-research/VisionZip, per frame, same per-frame split):
+  round(visionzip_dominant_ratio * b_t) dominant tokens = the frame's highest scores (kind
+  SELECTED); the b_t - n_dom contextual tokens: VisionZip's uniformly spaced targets among the
+  remaining tokens in original order (every (remaining // n_ctx)-th one), every other remaining
+  token joins the target of highest cosine similarity (the earlier target on ties), and a
+  contextual token is computed as VisionZip computes it (visionzip/clip_encoder.py at 3151f6d,
+  L67-80): target + mean(its other members), or the target alone when it has none. It is NOT a
+  mean: its scale is about twice an original token's. Kind CLUSTER, at the target's (t, h, w),
+  size = target + members. Arithmetic in float32 (VisionZip: the model dtype). VisionZip ranks
+  by the encoder's CLS attention and compares the attention keys; we use the contribution
+  scores and the tokens themselves.
+* "holitom", "fastvid": the peers' outer stages, see compression/holitom.py and
+  compression/fastvid.py.
 * "ours_no_cluster": the retention pool with capacity M (no cluster refill); if candidates run
   out first, the highest-contribution recycled tokens fill the budget; kind SELECTED, size 1.
 """
@@ -30,6 +34,8 @@ import math
 import torch
 
 from compression.config import CompressionConfig
+from compression.fastvid import fastvid
+from compression.holitom import holitom
 from compression.kept_tokens import KeptTokens, VideoTokens, mean_by_group
 from compression.retention_pool import contribution_order, retention_pool, unit_rows
 from compression.token_set import TokenKind
@@ -114,10 +120,10 @@ def visionzip(video: VideoTokens, budget: int, dominant_ratio: float) -> KeptTok
         unit = unit_rows(video.tokens[remaining])
         nearest = (unit @ unit[target_at].T).argmax(dim=1)
         nearest[target_at] = torch.arange(n_context, device=device)  # a target is its own
-        means, sizes = mean_by_group(video.tokens[remaining], nearest, n_context)
         assignment[remaining] = nearest + base + n_dominant
         origin.append(targets)
-        values.append(means)
+        values.append(_contextual_tokens(video.tokens[remaining], nearest, target_at))
+        sizes = torch.bincount(nearest, minlength=n_context)
         kind.append(torch.full((n_context,), int(TokenKind.CLUSTER), device=device))
         size.append(sizes)
     return KeptTokens(
@@ -127,6 +133,18 @@ def visionzip(video: VideoTokens, budget: int, dominant_ratio: float) -> KeptTok
         size=torch.cat(size),
         assignment=assignment,
     )
+
+
+def _contextual_tokens(
+    tokens: torch.Tensor, nearest: torch.Tensor, target_at: torch.Tensor
+) -> torch.Tensor:
+    """VisionZip's contextual tokens: target + mean of the other rows that joined it (or the
+    target alone), in float32, cast back to the tokens' dtype."""
+    x = tokens.float()
+    others = torch.zeros(target_at.numel(), x.shape[1], dtype=torch.float32, device=x.device)
+    others.index_add_(0, nearest, x).sub_(x[target_at])
+    n_others = torch.bincount(nearest, minlength=target_at.numel()) - 1
+    return (x[target_at] + others / n_others.clamp_min(1).unsqueeze(1)).to(tokens.dtype)
 
 
 def run_baseline(video: VideoTokens, config: CompressionConfig) -> KeptTokens:
@@ -142,6 +160,10 @@ def run_baseline(video: VideoTokens, config: CompressionConfig) -> KeptTokens:
         return uniform_pooling(video, budget)
     if config.method == "visionzip":
         return visionzip(video, budget, config.visionzip_dominant_ratio)
+    if config.method == "holitom":
+        return holitom(video, budget, config)
+    if config.method == "fastvid":
+        return fastvid(video, budget, config)
     raise ValueError(f"{config.method!r} is not a baseline")
 
 

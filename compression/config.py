@@ -16,7 +16,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-OuterMethod = Literal["ours", "ours_no_cluster", "uniform", "random", "visionzip", "full"]
+OuterMethod = Literal[
+    "ours", "ours_no_cluster", "uniform", "random", "visionzip", "holitom", "fastvid", "full"
+]
 InnerMethod = Literal["text_aware", "fastv", "none"]
 
 # The paper's K = 18 of LLaVA-OV-7B's 28 decoder layers (METHOD.md section 7).
@@ -28,9 +30,22 @@ OUTER_METHODS: tuple[str, ...] = (
     "uniform",
     "random",
     "visionzip",
+    "holitom",
+    "fastvid",
     "full",
 )
 INNER_METHODS: tuple[str, ...] = ("text_aware", "fastv", "none")
+
+
+def _check_cosine(name: str, value: float) -> None:
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (is_number and math.isfinite(value) and -1.0 <= value <= 1.0):
+        raise ValueError(f"{name} is a cosine-similarity threshold in [-1, 1], got {value!r}")
+
+
+def _check_positive_int(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _check_ratio(name: str, value: float, *, allow_zero: bool = False) -> None:
@@ -54,6 +69,15 @@ class CompressionConfig:
     seed: only used by the "random" baseline.
     visionzip_dominant_ratio: VisionZip-style baseline: share of each frame's budget spent on
         dominant (highest-score) tokens; the rest are contextual merged tokens.
+    holitom_*: the HoliTom baseline (compression/holitom.py; defaults are HoliTom's own):
+        tau, the consecutive-frame cosine above which a token is static (T); beta, the centre's
+        weight in a merged token (BETA); k, the DPC-KNN neighbour cap (K); max_window, the
+        longest static window in frames (MAX_WINDOW_SIZE).
+    fastvid_*: the FastVID baseline (compression/fastvid.py; defaults are FastVID's own):
+        segments, the least number of segments (DySeg c); tau, the frame similarity below which
+        the video is always cut (DySeg tau); context_ratio, the share of the budget given to
+        density anchor tokens (STPrune d); anchor_interval, frames between anchor frames (DTM
+        p); beta, the least weight of an anchor in its merged token (DTM beta).
     frames / frame_size: how the video was sampled before encoding (F frames; short side in
         pixels, None = the model's own input size). `compress` does not read them, but they
         change the tokens, so they belong to the key: token sets of the same video sampled at 16
@@ -67,6 +91,15 @@ class CompressionConfig:
     method: OuterMethod = "ours"
     seed: int = 0
     visionzip_dominant_ratio: float = 0.8
+    holitom_tau: float = 0.8
+    holitom_beta: float = 0.6
+    holitom_k: int = 7
+    holitom_max_window: int = 1024
+    fastvid_segments: int = 8
+    fastvid_tau: float = 0.9
+    fastvid_context_ratio: float = 0.4
+    fastvid_anchor_interval: int = 4
+    fastvid_beta: float = 0.6
     frames: int = 32
     frame_size: int | None = None
 
@@ -82,6 +115,7 @@ class CompressionConfig:
         _check_ratio("visionzip_dominant_ratio", self.visionzip_dominant_ratio, allow_zero=True)
         if not isinstance(self.knn_k, int) or self.knn_k < 1:
             raise ValueError(f"knn_k must be a positive integer, got {self.knn_k!r}")
+        self._check_peer_settings()
         if not isinstance(self.frames, int) or not 1 <= self.frames <= 1024:
             raise ValueError(f"frames must be an integer in [1, 1024], got {self.frames!r}")
         if self.frame_size is not None and (
@@ -90,6 +124,23 @@ class CompressionConfig:
             raise ValueError(f"frame_size must be None or in [1, 8192], got {self.frame_size!r}")
         if not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
+
+    def _check_peer_settings(self) -> None:
+        for name in ("holitom_tau", "fastvid_tau"):
+            _check_cosine(name, getattr(self, name))
+        for name in (
+            "holitom_beta",
+            "fastvid_context_ratio",
+            "fastvid_beta",
+        ):
+            _check_ratio(name, getattr(self, name), allow_zero=True)
+        for name in (
+            "holitom_k",
+            "holitom_max_window",
+            "fastvid_segments",
+            "fastvid_anchor_interval",
+        ):
+            _check_positive_int(name, getattr(self, name))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

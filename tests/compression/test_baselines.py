@@ -3,20 +3,50 @@
 from __future__ import annotations
 
 import pytest
+import reference_peers as ref
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from test_outer_stage import assert_well_formed, linear_index, random_video, raster_index
 
 from compression import CompressionConfig, TokenKind, compress
 from compression.baselines import frame_budgets, region_labels
 
 
-@pytest.mark.parametrize("method", ["uniform", "random", "visionzip", "ours_no_cluster"])
+@pytest.mark.parametrize("method", ["uniform", "random", "ours_no_cluster"])
 @pytest.mark.parametrize("ratio", [0.005, 0.02, 0.1, 0.5, 1.0])
 def test_exact_budget_and_well_formed(method: str, ratio: float):
     tokens, scores, index = random_video()
     config = CompressionConfig(retention_ratio=ratio, method=method)
     token_set = compress(tokens, scores, index, config)
     assert_well_formed(token_set, tokens, config.budget(tokens.shape[0]))
+
+
+@pytest.mark.parametrize("ratio", [0.005, 0.02, 0.1, 0.5, 1.0])
+def test_visionzip_exact_budget_and_well_formed(ratio: float):
+    # VisionZip's contextual tokens are not means of what they cover: the structural checks
+    tokens, scores, index = random_video()
+    config = CompressionConfig(retention_ratio=ratio, method="visionzip")
+    token_set = compress(tokens, scores, index, config)
+    ref.assert_structure(token_set, tokens, config.budget(tokens.shape[0]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    video=ref.video_like(),
+    ratio=st.sampled_from([0.01, 0.1, 0.25, 0.5, 0.75, 1.0]),
+    dominant_ratio=st.sampled_from([0.0, 0.5, 0.8, 1.0]),
+)
+def test_visionzip_matches_reference(video, ratio, dominant_ratio):
+    config = CompressionConfig(
+        retention_ratio=ratio, method="visionzip", visionzip_dominant_ratio=dominant_ratio
+    )
+    try:
+        expected = ref.visionzip(video, config.budget(len(video.tokens)), dominant_ratio)
+    except ref.Ambiguous:
+        assume(False)
+    tokens, scores, index = video.torch_inputs()
+    ref.assert_matches(compress(tokens, scores, index, config), expected, video.grid)
 
 
 def test_full_keeps_every_token():
@@ -85,8 +115,14 @@ def test_visionzip_dominant_and_contextual_tokens():
         top = set((torch.sort(frame_scores, descending=True, stable=True).indices[:4]).tolist())
         picked = token_set.index[rows][dominant]
         assert {int(p[1]) * side + int(p[2]) for p in picked} == top
-        # the contextual token stands for every other token of the frame
+        # the contextual token stands for every other token of the frame, and is VisionZip's
+        # target + mean of the others (not their mean): the first remaining token is the target
         assert int(token_set.size[rows][~dominant]) == per_frame - 4
+        frame = tokens[t * per_frame : (t + 1) * per_frame]
+        remaining = sorted(set(range(per_frame)) - top)
+        target, others = frame[remaining[0]], frame[remaining[1:]]
+        assert token_set.index[rows][~dominant].tolist() == [[t, *divmod(remaining[0], side)]]
+        assert torch.allclose(token_set.tokens[rows][~dominant][0], target + others.mean(dim=0))
 
 
 def test_ours_no_cluster_fills_with_highest_scores_when_candidates_run_out():
