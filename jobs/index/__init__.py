@@ -6,28 +6,12 @@ the store and catalog.
 
 Modules: `sources` (what to index), `decode` (sampled frames, time-limited), `video` (one video
 end to end), `stages` (the Ray Data stages), `job` (plan -> run -> summarise), `command` (the
-`tokenreel index` command). The names below load on first use, so the decoder's child process
-(`python -m jobs.index.decode`) imports no more than decoding needs.
+`tokenreel index` command). Importing the package loads neither torch nor Ray nor the catalog
+(they load when a stage or the job needs them), so the decoder's child process
+(`python -m jobs.index.decode`) and the decode workers stay light.
 """
 
-from __future__ import annotations
+from jobs.index.job import IndexJobStopped, IndexSummary, index_videos
+from jobs.index.stages import ModelLoader
 
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "IndexJobStopped": "jobs.index.job",
-    "IndexSummary": "jobs.index.job",
-    "ModelLoader": "jobs.index.stages",
-    "index_videos": "jobs.index.job",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'jobs.index' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__all__ = ["IndexJobStopped", "IndexSummary", "ModelLoader", "index_videos"]
