@@ -100,6 +100,9 @@ def test_smoke_run_measures_every_section_and_writes_its_files(smoke) -> None:
     assert by_name["TTFT all tokens / 2%/1%"]["measured"] == pytest.approx(
         answer["full"]["ttft_s"] / answer["merged"]["ttft_s"]
     )
+    assert by_name["TTFT HF generate, all tokens / 2%/1%"]["measured"] == pytest.approx(
+        answer["hf_generate"]["ttft_s"] / answer["merged"]["ttft_s"]
+    )
 
 
 def test_markdown_is_the_report_rendered(smoke) -> None:
