@@ -144,6 +144,36 @@ def token_subset(video: EncodedVideo, ratio: float, model_id: str, seed: int = 0
     )
 
 
+def answer_cases(
+    full: TokenSet,
+    subset: TokenSet,
+    retention: float,
+    merge_layer: int,
+    keep_ratio: float,
+    fastv_layer: int,
+) -> list[tuple[str, str, TokenSet, MergeConfig]]:
+    """The cases (a)-(d) of the module docstring as (key, name, token set, merge settings);
+    keys "full", "retained", "merged", "fastv" (`bench/gpu_suite.py` reads the targets by key)."""
+    percent = f"{100 * retention:g}%"
+    merged = f"{percent}/{100 * retention * keep_ratio:g}%"
+    return [
+        ("full", "(a) full", full, MergeConfig(method="none")),
+        ("retained", f"(b) {percent}", subset, MergeConfig(method="none")),
+        (
+            "merged",
+            f"(c) {merged} merge K={merge_layer}",
+            subset,
+            MergeConfig(layer=merge_layer, keep_ratio=keep_ratio),
+        ),
+        (
+            "fastv",
+            f"(d) FastV 100%/{percent} K={fastv_layer}",
+            full,
+            MergeConfig(method="fastv", layer=fastv_layer, keep_ratio=retention),
+        ),
+    ]
+
+
 @dataclass
 class Row:
     name: str
@@ -303,24 +333,11 @@ def main() -> int:
 
     full = token_subset(encoded, 1.0, plugin.model_id)
     subset = token_subset(encoded, args.retention, plugin.model_id)
-    percent = f"{100 * args.retention:g}%"
-    merged = f"{percent}/{100 * args.retention * args.keep_ratio:g}%"
-    cases = [
-        ("(a) full", full, MergeConfig(method="none")),
-        (f"(b) {percent}", subset, MergeConfig(method="none")),
-        (
-            f"(c) {merged} merge K={args.merge_layer}",
-            subset,
-            MergeConfig(layer=args.merge_layer, keep_ratio=args.keep_ratio),
-        ),
-        (
-            f"(d) FastV 100%/{percent} K={args.fastv_layer}",
-            full,
-            MergeConfig(method="fastv", layer=args.fastv_layer, keep_ratio=args.retention),
-        ),
-    ]
+    cases = answer_cases(
+        full, subset, args.retention, args.merge_layer, args.keep_ratio, args.fastv_layer
+    )
     rows = []
-    for name, token_set, merge in cases:
+    for _, name, token_set, merge in cases:
         rows.append(run_case(plugin, name, token_set, merge, args.new_tokens, args.repeats))
         print(f"  {rows[-1]}", flush=True)
     hf_ttft, hf_speed = hf_generate_case(plugin, full, args.new_tokens, args.repeats)
