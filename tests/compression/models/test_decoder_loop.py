@@ -14,6 +14,7 @@ import torch
 from loop_inputs import BOTH, OFF, extended, greedy, hf_last_logits, make_sequence
 
 from compression.config import MergeConfig, kept_share
+from compression.flops import layer_token_counts
 from compression.models import decoder_loop
 from compression.models.decoder_loop import (
     LanguageModelParts,
@@ -124,6 +125,17 @@ def test_a_schedule_makes_one_cache_group_per_step(llm, parts):
         decode_step(parts, state, state.logits.argmax(dim=-1))
     assert [state.cache.layers[i].keys.shape[2] for i in range(4)] == [n + 3 for n in lengths]
     assert int(state.next_positions[0]) == seq.length + 3
+
+
+@pytest.mark.parametrize("merge", [OFF, *MERGES], ids=["off", *MERGE_IDS])
+def test_layer_counts_are_the_ones_the_flops_formula_assumes(llm, parts, merge):
+    """The n_i an answer reports (and the service's and evaluator's FLOPs are computed from)
+    are `compression.flops.layer_token_counts` of the same merge."""
+    seq = make_sequence(llm, 3, 13, 5, seed=14)
+    stats = prefill(parts, [seq], merge).stats[0]
+    text = seq.length - seq.visual_count
+    assert stats.layer_tokens == layer_token_counts(4, 13, text, merge)
+    assert stats.layer_visual_tokens == layer_token_counts(4, 13, 0, merge)
 
 
 @pytest.mark.parametrize("method", ["text_aware", "fastv", "holitom"])
