@@ -2,9 +2,10 @@
 
 `CompressionConfig` is the outer, query-independent stage (done once per video at indexing time);
 its `stable_hash()` keys every cached token set, so a cache entry is never reused across settings.
-`MergeConfig` is the inner, query-dependent stage (per question, inside the LLM), and
-`default_merge_layer` the one rule for its layer K on a model of any depth.
-Defaults are the paper's (METHOD.md section 7).
+`MergeConfig` is the inner, query-dependent stage (per question, inside the LLM): one merge step
+at layer K or a schedule of steps, and `default_merge_layer` the one rule for K of each inner
+method on a model of any depth. Defaults are the paper's (METHOD.md section 7), and each inner
+baseline's own (METHOD.md section 8).
 """
 
 from __future__ import annotations
@@ -13,16 +14,25 @@ import dataclasses
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any, Literal
 
 OuterMethod = Literal[
     "ours", "ours_no_cluster", "uniform", "random", "visionzip", "holitom", "fastvid", "full"
 ]
-InnerMethod = Literal["text_aware", "fastv", "none"]
+InnerMethod = Literal["text_aware", "fastv", "holitom", "none"]
 
 # The paper's K = 18 of LLaVA-OV-7B's 28 decoder layers (METHOD.md section 7).
 PAPER_MERGE_LAYER, PAPER_LAYERS = 18, 28
+# Each inner method's published K on that 28-layer LLM: ours 18; FastV prunes after layer 2
+# (its paper and code, K=2); HoliTom merges at 18 (its LLaVA-OV-7B scripts: HOLITOM_k=18).
+PUBLISHED_MERGE_LAYERS: dict[str, int] = {
+    "text_aware": PAPER_MERGE_LAYER,
+    "fastv": 2,
+    "holitom": 18,
+}
 
 OUTER_METHODS: tuple[str, ...] = (
     "ours",
@@ -34,7 +44,10 @@ OUTER_METHODS: tuple[str, ...] = (
     "fastvid",
     "full",
 )
-INNER_METHODS: tuple[str, ...] = ("text_aware", "fastv", "none")
+INNER_METHODS: tuple[str, ...] = ("text_aware", "fastv", "holitom", "none")
+# Inner methods that rank by the attention inside layer K - 1 (FastV's rule; HoliTom follows it)
+# rather than at the input of layer K (ours): their K must be at least 1.
+SCORED_BEFORE_K: tuple[str, ...] = ("fastv", "holitom")
 
 
 def _check_cosine(name: str, value: float) -> None:
@@ -174,46 +187,134 @@ class CompressionConfig:
         return total - clusters, clusters
 
 
+def _as_step(step: object) -> tuple[Any, Any]:
+    if isinstance(step, (str, bytes)) or not isinstance(step, Sequence) or len(step) != 2:
+        raise ValueError(f"a merge step is a (layer, keep_ratio) pair, got {step!r}")
+    return step[0], step[1]
+
+
+def kept_share(keep_ratio: float, n_visual: int) -> int:
+    """ceil(R * n) of n visual tokens, at least 1 when there is any (one merge step)."""
+    if n_visual <= 0:
+        return 0
+    return max(1, min(n_visual, math.ceil(keep_ratio * n_visual - 1e-9)))
+
+
 @dataclass(frozen=True)
 class MergeConfig:
-    """Settings of the inner, query-dependent stage inside the LLM (METHOD.md section 5).
+    """Settings of the inner, query-dependent stage inside the LLM (METHOD.md sections 5, 8).
 
-    method: "text_aware" (the paper's), "fastv" (last text token's attention at K, the baseline),
-        or "none" (vanilla: every layer sees every visual token).
-    layer: K; layers 0..K-1 see all visual tokens, layers K..L-1 the merged set.
-    keep_ratio: R; ceil(R * |V|) visual tokens are kept at layer K.
-    lam: lambda, the weight of the text-visual similarity against the attention term.
+    method: "text_aware" (the paper's, Eq. 9 at the input of layer K, dropped tokens merged
+        size-weighted), "fastv" (FastV: the last token's attention inside layer K - 1 ranks the
+        visual tokens, the rest are pruned from layer K on), "holitom" (HoliTom's inner stage:
+        FastV's ranking, each dropped token averaged into its most similar kept token, as
+        HoliTom's code does), or "none" (vanilla: every layer sees every visual token).
+    layer: K of the first (or only) step; layers 0..K-1 see all visual tokens, layers K.. the
+        merged set. None (the default) takes the method's published K on a 28-layer LLM
+        (`PUBLISHED_MERGE_LAYERS`: 18, FastV 2, HoliTom 18); `default_merge_layer` scales it.
+    keep_ratio: R of the first step; ceil(R * |V|) visual tokens are kept at layer K.
+    lam: lambda, the weight of the text-visual similarity against the attention term
+        (text_aware only).
+    later_steps: further (layer, keep_ratio) steps after the first, for a layer schedule
+        (Fig. S1); `schedule` is all steps, `from_schedule` builds a config from them.
+
+    A schedule [(K_1, R_1), ..., (K_n, R_n)] has strictly increasing layers; step s runs the
+    method at layer K_s on the visual tokens that reach it. Decision: keep ratios are RELATIVE,
+    step s keeps ceil(R_s * n_{s-1}) of the n_{s-1} visual tokens left by the step before (n_0 =
+    the tokens entering the LLM), so the share left after step s is R_1 ... R_s. Why: Fig. S1
+    and its text study a pruning ratio per layer ("selecting appropriate pruning ratios
+    according to layer depth"; deeper layers tolerate higher ratios): a ratio is what a layer
+    does to the tokens it receives, as the paper's single R is relative to the tokens entering
+    the LLM ("2%/1%"). It also makes a schedule exactly its steps applied in turn, and every
+    ratio in (0, 1] valid at every step. A one-step config, `MergeConfig(layer=18,
+    keep_ratio=0.5)`, means what it always meant.
     """
 
     method: InnerMethod = "text_aware"
-    layer: int = PAPER_MERGE_LAYER
+    layer: int | None = None
     keep_ratio: float = 0.5
     lam: float = 0.5
+    later_steps: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.method not in INNER_METHODS:
             raise ValueError(f"unknown merge method {self.method!r}; one of {INNER_METHODS}")
-        if not isinstance(self.layer, int) or self.layer < 0:
-            raise ValueError(f"layer K must be a non-negative integer, got {self.layer!r}")
-        _check_ratio("keep_ratio", self.keep_ratio)
+        if self.layer is None:
+            object.__setattr__(
+                self, "layer", PUBLISHED_MERGE_LAYERS.get(self.method, PAPER_MERGE_LAYER)
+            )
         _check_ratio("lam", self.lam, allow_zero=True)
+        if isinstance(self.later_steps, (str, bytes)) or not isinstance(self.later_steps, Sequence):
+            raise ValueError(
+                f"later_steps must be a sequence of (layer, keep_ratio) pairs, "
+                f"got {self.later_steps!r}"
+            )
+        steps = [self._checked_step((self.layer, self.keep_ratio))]
+        steps += [self._checked_step(step) for step in self.later_steps]
+        object.__setattr__(self, "later_steps", tuple(steps[1:]))
+        layers = [layer for layer, _ in steps]
+        if any(b <= a for a, b in pairwise(layers)):
+            raise ValueError(f"schedule layers must be strictly increasing, got {layers}")
+
+    def _checked_step(self, step: object) -> tuple[int, float]:
+        layer, keep_ratio = _as_step(step)
+        if not isinstance(layer, int) or isinstance(layer, bool) or layer < 0:
+            raise ValueError(f"layer K must be a non-negative integer, got {layer!r}")
+        if self.method in SCORED_BEFORE_K and layer < 1:
+            raise ValueError(
+                f"{self.method} ranks by the attention inside layer K - 1: K must be at least 1, "
+                f"got {layer}"
+            )
+        _check_ratio("keep_ratio", keep_ratio)
+        return layer, keep_ratio
+
+    @classmethod
+    def from_schedule(
+        cls,
+        steps: Sequence[tuple[int, float]],
+        method: InnerMethod = "text_aware",
+        lam: float = 0.5,
+    ) -> MergeConfig:
+        """A config running `method` at each (layer, keep_ratio) step in turn."""
+        steps = list(steps)
+        if not steps:
+            raise ValueError("a merge schedule needs at least one (layer, keep_ratio) step")
+        layer, keep_ratio = _as_step(steps[0])
+        return cls(method, layer, keep_ratio, lam, tuple(steps[1:]))
+
+    @property
+    def schedule(self) -> tuple[tuple[int, float], ...]:
+        """Every (layer, keep_ratio) step, the first one included, in layer order."""
+        return ((self.layer, self.keep_ratio), *self.later_steps)
 
     @property
     def active(self) -> bool:
         return self.method != "none"
 
+    def kept_counts(self, n_visual: int) -> list[int]:
+        """Visual tokens left after each step in turn (each keeps ceil(R_s n_{s-1}))."""
+        counts, n = [], n_visual
+        for _, keep_ratio in self.schedule:
+            n = kept_share(keep_ratio, n)
+            counts.append(n)
+        return counts
+
     def kept_count(self, n_visual: int) -> int:
-        """ceil(R * |V|), at least 1 when there is any visual token."""
-        if n_visual <= 0:
-            return 0
-        return max(1, min(n_visual, math.ceil(self.keep_ratio * n_visual - 1e-9)))
+        """Visual tokens left after the whole schedule: ceil(R * |V|) for one step, at least 1
+        when there is any visual token."""
+        return self.kept_counts(n_visual)[-1]
 
 
-def default_merge_layer(num_layers: int) -> int:
-    """K for a model of `num_layers` decoder layers: the paper's 18 of 28 at the same relative
-    depth (round(18 L / 28)), within [1, L - 1] so that a merge always happens and at least one
-    layer sees the merged sequence (a 4-layer test model merges at 3, a 24-layer one at 15).
-    The service, the evaluator and the visualiser all take this default."""
+def default_merge_layer(num_layers: int, method: str = "text_aware") -> int:
+    """K of `method` for a model of `num_layers` decoder layers: its published K of 28 layers
+    (`PUBLISHED_MERGE_LAYERS`: the paper's 18, FastV's 2, HoliTom's 18) at the same relative
+    depth, round(K_28 * L / 28), within [1, L - 1] so that a merge always happens, at least one
+    layer sees the merged sequence, and FastV/HoliTom have a layer K - 1 to rank with (a 4-layer
+    test model merges at 3 and runs FastV at 1; a 24-layer one at 15 and 2). The service, the
+    evaluator and the visualiser all take this default."""
     if not isinstance(num_layers, int) or num_layers < 2:
         raise ValueError(f"a merge inside the LLM needs at least 2 layers, got {num_layers!r}")
-    return min(num_layers - 1, max(1, round(PAPER_MERGE_LAYER * num_layers / PAPER_LAYERS)))
+    if method not in PUBLISHED_MERGE_LAYERS:
+        raise ValueError(f"no merge layer for inner method {method!r}")
+    published = PUBLISHED_MERGE_LAYERS[method]
+    return min(num_layers - 1, max(1, round(published * num_layers / PAPER_LAYERS)))

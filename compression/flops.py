@@ -4,9 +4,10 @@ FLOPs = sum over layers i of [ 4 n_i d^2 + 2 n_i^2 d + 2 n_i d m
                                + R ( 4 d^2 + 2 d m + 2 (d n_i + (d / 2)(R + 1)) ) ]
 
 n_i: tokens at layer i, d: hidden size, m: FFN intermediate size, R: generated tokens (100).
-Computed per layer from the list of n_i, so the text-aware merge at layer K shows up as a shorter
-n_i from K on. The paper's FLOPs column counts visual tokens only (text_tokens=0); `flops_report`
-gives that figure and the one with the text tokens beside it, for one answer against its video's
+Computed per layer from the list of n_i, so the in-LLM merge at layer K shows up as a shorter
+n_i from K on, and each step of a layer schedule (Fig. S1) as a further drop from its layer on.
+The paper's FLOPs column counts visual tokens only (text_tokens=0); `flops_report` gives that
+figure and the one with the text tokens beside it, for one answer against its video's
 uncompressed baseline.
 """
 
@@ -42,18 +43,26 @@ def prefill_decode_flops(
 def layer_token_counts(
     num_layers: int, visual_tokens: int, text_tokens: int, merge: MergeConfig = MergeConfig()
 ) -> list[int]:
-    """n_i per layer: visual + text tokens before layer K, kept visual + text from K on.
+    """n_i per layer: visual + text tokens before the first merge layer; from each step's layer
+    on, the visual tokens that step kept + text.
 
-    With merge.method == "none", or K >= num_layers, every layer sees every token. The kept
-    count is `MergeConfig.kept_count` (ceil(R |V|)), as inside the LLM.
+    The kept counts are `MergeConfig.kept_counts` (each step ceil(R_s n_{s-1}), as inside the
+    LLM). With merge.method == "none" every layer sees every token; a step at K >= num_layers
+    (and any after it) does not happen, as inside the LLM.
     """
     if not isinstance(num_layers, int) or num_layers < 1:
         raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
     if visual_tokens < 0 or text_tokens < 0:
         raise ValueError("token counts must be non-negative")
-    before = visual_tokens + text_tokens
-    after = merge.kept_count(visual_tokens) + text_tokens if merge.active else before
-    return [before if i < merge.layer else after for i in range(num_layers)]
+    visual_from: dict[int, int] = {}
+    if merge.active:
+        for (layer, _), kept in zip(merge.schedule, merge.kept_counts(visual_tokens), strict=True):
+            visual_from[layer] = kept
+    counts, visual = [], visual_tokens
+    for i in range(num_layers):
+        visual = visual_from.get(i, visual)
+        counts.append(visual + text_tokens)
+    return counts
 
 
 @dataclass(frozen=True)

@@ -1,22 +1,29 @@
-"""Our own loop over a decoder-only LLM's layers: prefill with the merge at layer K, then one
-decoding step at a time. Tensors in, tensors out: choosing tokens, stop strings and streaming
-are the generation layer's (`compression.models.generation`).
+"""Our own loop over a decoder-only LLM's layers: prefill with the merge steps of a
+`MergeConfig` (one at layer K, or a schedule), then one decoding step at a time. Tensors in,
+tensors out: choosing tokens, stop strings and streaming are the generation layer's
+(`compression.models.generation`).
 
 Shared by every plug-in (LLaVA-OneVision with 1D positions, Qwen2.5-VL with 3D M-RoPE positions).
 The plug-in builds one `PromptSequence` per question (input embeddings with the token set's
 tokens in place of the video, the position ids, where the visual rows are); the loop does the rest:
 
-* prefill: every sequence of the batch in ONE forward, left-padded. Layers 0..K-1 see all tokens;
-  at the input of layer K the merge (`plan_layer_merge`: this layer's queries and keys, then the
-  method's `compression.text_merge.plan_merge`, per sequence on its unpadded rows) shortens each
-  sequence, the batch is re-padded and layers K..L-1 continue on the
-  shorter sequences. Each layer runs once, so each layer's KV cache is written once: layers < K
-  hold the full length, layers >= K the merged length (a `DynamicCache` keeps per-layer tensors).
+* prefill: every sequence of the batch in ONE forward, left-padded. A merge step at layer K
+  scores the visual tokens at the input of its scoring layer (`compression.text_merge.
+  scoring_layer`: K for text_aware; K - 1 for fastv and holitom, which rank by the attention
+  inside layer K - 1): `score_visual_tokens` recomputes that layer's queries and keys of the
+  sequence's unpadded rows, and the scoring layer then runs on all tokens as usual. At the
+  input of layer K, `compression.text_merge.plan_merge` keeps (and merges) the chosen visual
+  rows of each sequence, the batch is re-padded, and layers K.. continue on the shorter
+  sequences. A schedule repeats this at each of its layers, each step on what the step before
+  left. Each layer runs once, so each layer's KV cache is written once: the layers between two
+  merge layers form a group whose caches all hold that group's length (a `DynamicCache` keeps
+  per-layer tensors, so lengths differ across groups).
 * decoding: one token per sequence per step through the same loop, positions continuing from the
-  last prefill position + 1.
+  last prefill position + 1; each group of layers attends with its own key mask.
 
 Rotary embeddings are computed once per forward by the language model's own `rotary_emb` and,
-at layer K, gathered at the kept rows (so a kept token keeps its original position).
+at each merge, gathered at the kept rows (so a kept token keeps its original position, as FastV
+and HoliTom also do).
 
 Masks are explicit (NOTES-transformers pitfalls): query i of a sequence may attend to key j when
 j is not in the future and j is a real token; a padding query also attends to itself, so no row
@@ -25,8 +32,8 @@ has no padding at all and attention is sdpa, the mask is None: sdpa then runs it
 in prefill (the cache of the layer is empty, so queries and keys have the same length) and
 attends to every cached key in decoding. Supported attention implementations: "sdpa", "eager".
 
-Padding cannot change results: the merge is planned per sequence on unpadded rows and padded
-keys are masked out (so a batch equals one-by-one runs).
+Padding cannot change results: scores and merges are computed per sequence on unpadded rows and
+padded keys are masked out (so a batch equals one-by-one runs).
 
 API (all tensors on the model's device):
 
@@ -46,8 +53,14 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from compression.config import MergeConfig
-from compression.text_merge import MergePlan, merge_query_rows, plan_merge
+from compression.config import MergeConfig, kept_share
+from compression.text_merge import (
+    causal_attention_probs,
+    merge_query_rows,
+    plan_merge,
+    scoring_layer,
+    visual_scores,
+)
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 
@@ -160,18 +173,18 @@ class SequenceStats:
 class DecodeState:
     """Everything decoding needs after a prefill.
 
-    cache: per-layer KV cache; layers < merge_layer hold `valid_before` keys, the others
-        `valid_after` keys (the same group when no merge ran).
-    valid_before / valid_after: [B, C] bool, which cached key positions are real tokens.
-    merge_layer: first layer that saw the merged sequence (num_layers when none did).
+    cache: per-layer KV cache; the layers of group g hold `valid[g].shape[1]` keys.
+    valid: one [B, C_g] bool per group of layers, which cached key positions are real tokens.
+        Group 0 is the layers before the first merge, group g the layers from the g-th merge
+        layer to the next (one group when no merge ran).
+    layer_groups: the group of each layer.
     next_positions: [B] long, the position id of each sequence's next token.
     logits: [B, vocab] float32 logits of the next token.
     """
 
     cache: DynamicCache
-    valid_before: torch.Tensor
-    valid_after: torch.Tensor
-    merge_layer: int
+    valid: list[torch.Tensor]
+    layer_groups: list[int]
     next_positions: torch.Tensor
     logits: torch.Tensor
     position_rows: int  # 0 for 1D position ids, 3 for M-RoPE
@@ -274,23 +287,22 @@ def project_queries_keys(
     return q, k
 
 
-def plan_layer_merge(
+def score_visual_tokens(
     layer: nn.Module,
     hidden: torch.Tensor,
     cos: torch.Tensor,
     sin: torch.Tensor,
     visual: slice,
     text_start: int,
-    sizes: torch.Tensor,
     config: MergeConfig,
-) -> MergePlan:
-    """`compression.text_merge.plan_merge` at decoder layer `layer` for one unpadded sequence:
-    hidden [L, d] is the layer's input, cos/sin [L, hd] its rotary embedding."""
+) -> torch.Tensor:
+    """`compression.text_merge.visual_scores` of one unpadded sequence at decoder layer `layer`
+    (its scoring layer): hidden [L, d] is the layer's input, cos/sin [L, hd] its rotary
+    embedding. Returns [V] scores, higher kept first."""
     rows = merge_query_rows(config, hidden.shape[0], text_start).to(hidden.device)
     queries, keys = project_queries_keys(layer, hidden, cos, sin, rows)
-    return plan_merge(
-        queries, keys, rows, layer.self_attn.scaling, hidden, visual, text_start, sizes, config
-    )
+    probs = causal_attention_probs(queries, keys, rows, layer.self_attn.scaling)
+    return visual_scores(probs, hidden, visual, text_start, config)
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,53 +323,98 @@ def _stack_left_padded(sequences: Sequence[PromptSequence], device: torch.device
     return embeds, positions, valid, width
 
 
-def _merge_layer(
+@dataclass
+class _View:
+    """One sequence's rows as the current layer sees them: the visual span shrinks with each
+    merge step (the rows before it never change), and the counts each layer saw are recorded."""
+
+    seq: PromptSequence
+    length: int
+    visual_count: int
+    sizes: torch.Tensor
+    kept: torch.Tensor | None = None  # rows of seq's visual tokens still present, once merged
+    layer_tokens: list[int] = field(default_factory=list)
+    layer_visual_tokens: list[int] = field(default_factory=list)
+
+    @property
+    def visual(self) -> slice:
+        return slice(self.seq.visual.start, self.seq.visual.start + self.visual_count)
+
+    @property
+    def text_start(self) -> int:
+        return self.seq.text_start - (self.seq.visual_count - self.visual_count)
+
+    def record_layer(self) -> None:
+        self.layer_tokens.append(self.length)
+        self.layer_visual_tokens.append(self.visual_count)
+
+    def stats(self) -> SequenceStats:
+        return SequenceStats(
+            prompt_tokens=self.seq.length,
+            visual_in=self.seq.visual_count,
+            visual_after_merge=self.visual_count,
+            layer_tokens=self.layer_tokens,
+            layer_visual_tokens=self.layer_visual_tokens,
+            kept_visual=self.kept.cpu() if self.kept is not None else None,
+        )
+
+
+def _merge_steps(
     parts: LanguageModelParts, sequences: Sequence[PromptSequence], merge: MergeConfig
-):
-    """First layer that runs on the merged sequence; num_layers when nothing is merged.
-
-    K >= num_layers means no layer is left after the merge point: no merge happens.
-    """
-    if not merge.active or merge.layer >= parts.num_layers:
-        return parts.num_layers
-    if all(s.visual_count == 0 for s in sequences):
-        return parts.num_layers
-    return merge.layer
+) -> dict[int, float]:
+    """{merge layer: keep ratio} of the steps that happen. A step at K >= num_layers has no layer
+    left after its merge point: it (and any later one) does not happen."""
+    if not merge.active or all(s.visual_count == 0 for s in sequences):
+        return {}
+    return {layer: ratio for layer, ratio in merge.schedule if layer < parts.num_layers}
 
 
-def _apply_merge(
+def _score_batch(
     layer: nn.Module,
-    sequences: Sequence[PromptSequence],
+    views: Sequence[_View],
     hidden: torch.Tensor,
     cos_sin: tuple[torch.Tensor, torch.Tensor],
-    positions: torch.Tensor,
-    width: int,
     merge: MergeConfig,
-):
-    """Plan the merge of every sequence and rebuild the padded batch on the kept rows."""
+) -> list[torch.Tensor | None]:
+    """Scores of every sequence's visual tokens at this layer's input (None: no visual token)."""
     cos, sin = cos_sin
     if cos.ndim != 3:
         raise ValueError(f"expected rotary embeddings [B, L, hd], got {tuple(cos.shape)}")
+    width = hidden.shape[1]
+    scores: list[torch.Tensor | None] = []
+    for b, view in enumerate(views):
+        if view.visual_count == 0:
+            scores.append(None)
+            continue
+        real = slice(width - view.length, width)
+        rows = (hidden[b, real], cos[b, real], sin[b, real])
+        scores.append(score_visual_tokens(layer, *rows, view.visual, view.text_start, merge))
+    return scores
+
+
+def _apply_merge(
+    views: Sequence[_View],
+    hidden: torch.Tensor,
+    cos_sin: tuple[torch.Tensor, torch.Tensor],
+    positions: torch.Tensor,
+    scores: Sequence[torch.Tensor | None],
+    keep_ratio: float,
+    merge: MergeConfig,
+):
+    """Plan one step for every sequence, rebuild the padded batch on the kept rows and move
+    each view on to them. Returns hidden, (cos, sin), positions and the new valid mask."""
     device = hidden.device
+    width = hidden.shape[1]
     rows, plans = [], []
-    for b, seq in enumerate(sequences):
-        pad = width - seq.length
-        if seq.visual_count == 0:
+    for b, view in enumerate(views):
+        pad = width - view.length
+        if scores[b] is None:
             rows.append(torch.arange(pad, width, device=device))
             plans.append(None)
             continue
-        real = slice(pad, width)
-        plan = plan_layer_merge(
-            layer,
-            hidden[b, real],
-            cos[b, real],
-            sin[b, real],
-            seq.visual,
-            seq.text_start,
-            seq.visual_sizes.to(device),
-            merge,
-        )
-        start, stop = pad + seq.visual.start, pad + seq.visual.stop
+        start, stop = pad + view.visual.start, pad + view.visual.stop
+        keep = kept_share(keep_ratio, view.visual_count)
+        plan = plan_merge(scores[b], hidden[b, start:stop], view.sizes, keep, merge)
         rows.append(
             torch.cat(
                 [
@@ -371,19 +428,25 @@ def _apply_merge(
     index, valid = _left_pad_index(rows, device)
     new_hidden = gather_rows(hidden, index)
     new_width = index.shape[1]
-    for b, (seq, plan) in enumerate(zip(sequences, plans, strict=True)):
-        if plan is not None:
-            begin = new_width - len(rows[b]) + seq.visual.start
-            new_hidden[b, begin : begin + len(plan.kept)] = plan.tokens
+    for b, (view, plan) in enumerate(zip(views, plans, strict=True)):
+        view.length = len(rows[b])
+        if plan is None:
+            continue
+        begin = new_width - view.length + view.visual.start
+        new_hidden[b, begin : begin + len(plan.kept)] = plan.tokens
+        view.kept = plan.kept if view.kept is None else view.kept[plan.kept]
+        view.visual_count = len(plan.kept)
+        view.sizes = plan.sizes
+    cos, sin = cos_sin
     new_cos_sin = (gather_rows(cos, index), gather_rows(sin, index))
-    return new_hidden, new_cos_sin, gather_positions(positions, index), valid, rows, plans
+    return new_hidden, new_cos_sin, gather_positions(positions, index), valid
 
 
 @torch.no_grad()
 def prefill(
     parts: LanguageModelParts, sequences: Sequence[PromptSequence], merge: MergeConfig
 ) -> DecodeState:
-    """Run all layers once over the left-padded batch, merging at layer K (see module doc)."""
+    """Run all layers once over the left-padded batch, with the merge steps (see module doc)."""
     if not sequences:
         raise ValueError("prefill needs at least one sequence")
     ranks = {s.positions.ndim for s in sequences}
@@ -392,18 +455,31 @@ def prefill(
     device = parts.device
     impl = parts.config._attn_implementation
     hidden, positions, valid, width = _stack_left_padded(sequences, device)
-    merge_layer = _merge_layer(parts, sequences, merge)
+    views = [_View(s, s.length, s.visual_count, s.visual_sizes.to(device)) for s in sequences]
+    steps = _merge_steps(parts, sequences, merge)
+    # Layers that score for a merge at the NEXT layer (fastv, holitom: the attention inside
+    # layer K - 1); text_aware scores at the merge layer itself, just before merging.
+    scored_early = {scoring_layer(merge, k) for k in steps} - set(steps)
     cache = DynamicCache(config=parts.config)
     cos_sin = parts.language_model.rotary_emb(hidden, positions)
-    valid_before = valid
+    groups, layer_groups = [valid], []
     mask = attention_mask(valid, width, impl, hidden.dtype)
-    rows, plans = None, [None] * len(sequences)
+    scores = None
     for i, layer in enumerate(parts.layers):
-        if i == merge_layer:
-            hidden, cos_sin, positions, valid, rows, plans = _apply_merge(
-                layer, sequences, hidden, cos_sin, positions, width, merge
+        if i in steps:
+            if scores is None:
+                scores = _score_batch(layer, views, hidden, cos_sin, merge)
+            hidden, cos_sin, positions, valid = _apply_merge(
+                views, hidden, cos_sin, positions, scores, steps[i], merge
             )
+            scores = None
+            groups.append(valid)
             mask = attention_mask(valid, valid.shape[1], impl, hidden.dtype)
+        if i in scored_early:
+            scores = _score_batch(layer, views, hidden, cos_sin, merge)
+        layer_groups.append(len(groups) - 1)
+        for view in views:
+            view.record_layer()
         hidden = layer(
             hidden,
             attention_mask=mask,
@@ -414,37 +490,15 @@ def prefill(
     logits = parts.logits(hidden[:, -1])
     last = positions[..., -1]
     next_positions = (last.amax(dim=0) if last.ndim == 2 else last) + 1
-    stats = _sequence_stats(sequences, plans, rows, merge_layer, parts.num_layers)
     return DecodeState(
         cache=cache,
-        valid_before=valid_before,
-        valid_after=valid,
-        merge_layer=merge_layer,
+        valid=groups,
+        layer_groups=layer_groups,
         next_positions=next_positions,
         logits=logits,
         position_rows=3 if positions.ndim == 3 else 0,
-        stats=stats,
+        stats=[view.stats() for view in views],
     )
-
-
-def _sequence_stats(sequences, plans, rows, merge_layer: int, num_layers: int):
-    stats = []
-    for b, seq in enumerate(sequences):
-        plan = plans[b]
-        visual_after = len(plan.kept) if plan is not None else seq.visual_count
-        length_after = len(rows[b]) if rows is not None else seq.length
-        before, after = merge_layer, num_layers - merge_layer
-        stats.append(
-            SequenceStats(
-                prompt_tokens=seq.length,
-                visual_in=seq.visual_count,
-                visual_after_merge=visual_after,
-                layer_tokens=[seq.length] * before + [length_after] * after,
-                layer_visual_tokens=[seq.visual_count] * before + [visual_after] * after,
-                kept_visual=plan.kept.cpu() if plan is not None else None,
-            )
-        )
-    return stats
 
 
 @torch.no_grad()
@@ -460,14 +514,12 @@ def decode_step(
         positions = positions[None].expand(state.position_rows, -1, -1)
     cos_sin = parts.language_model.rotary_emb(hidden, positions)
     new = torch.ones(len(token_ids), 1, dtype=torch.bool, device=device)
-    state.valid_before = torch.cat([state.valid_before, new], dim=1)
-    state.valid_after = torch.cat([state.valid_after, new], dim=1)
-    mask_before = attention_mask(state.valid_before, 1, impl, hidden.dtype)
-    mask_after = attention_mask(state.valid_after, 1, impl, hidden.dtype)
-    for i, layer in enumerate(parts.layers):
+    state.valid = [torch.cat([valid, new], dim=1) for valid in state.valid]
+    masks = [attention_mask(valid, 1, impl, hidden.dtype) for valid in state.valid]
+    for layer, group in zip(parts.layers, state.layer_groups, strict=True):
         hidden = layer(
             hidden,
-            attention_mask=mask_before if i < state.merge_layer else mask_after,
+            attention_mask=masks[group],
             position_embeddings=cos_sin,
             past_key_values=state.cache,
             use_cache=True,

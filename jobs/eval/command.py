@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from compression.config import CompressionConfig
+from compression.config import CompressionConfig, MergeConfig, default_merge_layer
 from jobs.cli_options import add_model_and_sampling_options
 from jobs.eval.benchmarks import BENCHMARKS, AnnotationError
 from jobs.eval.evaluate import MAX_NEW_TOKENS, PAPER_RATIOS, SWEEP_METHODS
@@ -38,6 +38,26 @@ def _ratios(text: str) -> list[float]:
     if not ratios or any(not 0 < r <= 1 for r in ratios):
         raise argparse.ArgumentTypeError(f"ratios must lie in (0, 1], got {text!r}")
     return ratios
+
+
+def _schedule(text: str) -> list[tuple[int, float]]:
+    """The (layer K, keep ratio R) steps of "8:0.5,16:0.5", checked as a `MergeConfig` schedule."""
+    steps = []
+    for part in (p.strip() for p in text.split(",")):
+        layer, sep, ratio = part.partition(":")
+        try:
+            steps.append((int(layer), float(ratio)))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"a merge schedule is K:R steps such as 8:0.5,16:0.5, got {text!r}"
+            ) from None
+        if not sep:
+            raise argparse.ArgumentTypeError(f"each schedule step is K:R, got {part!r}")
+    try:
+        MergeConfig.from_schedule(steps)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return steps
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,8 +99,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="K (default: 18 of 28 layers, scaled to the model's depth)",
     )
-    add("--keep-ratio", type=float, default=0.5, help="R, kept at layer K by ours (0.5)")
+    add("--keep-ratio", type=float, default=None, help="R, kept at layer K by ours (0.5)")
+    add(
+        "--merge-schedule",
+        type=_schedule,
+        default=None,
+        metavar="K:R,K:R,...",
+        help="ours merges at each layer K in turn, keeping R of the visual tokens that reach it "
+        "(Fig. S1), instead of --merge-layer/--keep-ratio; e.g. 8:0.5,16:0.5",
+    )
     add("--lam", type=float, default=0.5, help="lambda of the text-aware score (0.5)")
+    add(
+        "--fastv-layer",
+        type=int,
+        default=None,
+        help="FastV's K (default: its own 2 of 28 layers, scaled to the model's depth)",
+    )
     add("--batch-size", type=int, default=1, help="questions per forward (default 1, as the paper)")
     add("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
     add("--decode-timeout", type=float, default=300.0, help="seconds per video decode (300)")
@@ -110,10 +144,25 @@ def _benchmark_dirs(args: argparse.Namespace) -> dict[str, str]:
     return {name: dirs[name] for name in BENCHMARKS if name in dirs}
 
 
+def _ours(args: argparse.Namespace, num_layers: int) -> MergeConfig:
+    """Ours' in-LLM merge from the options: a schedule, or one step at K (default scaled from
+    18) keeping R (default 0.5)."""
+    if args.merge_schedule is not None:
+        if args.merge_layer is not None or args.keep_ratio is not None:
+            raise ValueError("give --merge-schedule or --merge-layer/--keep-ratio, not both")
+        return MergeConfig.from_schedule(args.merge_schedule, lam=args.lam)
+    layer = args.merge_layer
+    if layer is None:
+        layer = default_merge_layer(num_layers)
+    elif not 0 < layer < num_layers:
+        raise ValueError(f"--merge-layer must lie in [1, {num_layers - 1}] for this model")
+    keep_ratio = 0.5 if args.keep_ratio is None else args.keep_ratio
+    return MergeConfig("text_aware", layer, keep_ratio, args.lam)
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from compression.config import default_merge_layer
     from compression.models import load_video_llm, model_frame_size, model_name
     from jobs.eval.benchmarks import load_benchmark
     from jobs.eval.evaluate import EvalSettings, build_sweep, run_evaluation
@@ -142,18 +191,13 @@ def run(args: argparse.Namespace) -> int:
         )
         progress(f"loading {model} on {device}")
         llm = load_video_llm(model, device=device)
-        layer = args.merge_layer
-        if layer is None:
-            layer = default_merge_layer(llm.num_layers)
-        elif not 0 < layer < llm.num_layers:
-            raise ValueError(f"--merge-layer must lie in [1, {llm.num_layers - 1}] for {model}")
         entries = build_sweep(
             args.methods,
             args.ratios,
             base=base,
-            merge_layer=layer,
-            keep_ratio=args.keep_ratio,
-            lam=args.lam,
+            num_layers=llm.num_layers,
+            ours=_ours(args, llm.num_layers),
+            fastv_layer=args.fastv_layer,
         )
         result = run_evaluation(
             benchmarks, llm, entries, settings, store=store, out_dir=args.out, progress=progress

@@ -4,24 +4,38 @@
     in the store + catalog -> for each sweep row, every question asked over its token set, with
     the row's in-LLM merge -> letter extracted, scored -> report (jobs/report.py)
 
-Sweep rows (labels as in the paper's Table S2; r = retention ratio, R = the in-LLM keep ratio):
+Sweep rows (labels as in the paper's Table S2; r = retention ratio, R = the in-LLM keep ratio;
+K scaled to the model's depth by `compression.default_merge_layer`, given here for 28 layers):
 
-| method          | outer stage (token set)          | in the LLM (MergeConfig)      | label   |
-|-----------------|----------------------------------|-------------------------------|---------|
-| full            | all tokens                       | none                          | 100%    |
-| ours            | ours at r                        | text_aware at K, keeps R      | r/(rR)  |
-| ours_no_merge   | ours at r (same sets as "ours")  | none                          | r       |
-| ours_no_cluster | retention pool only at r         | none                          | r       |
-| fastv           | all tokens (same sets as "full") | fastv at K, keeps r of them   | 100%/r  |
-| visionzip       | VisionZip-style at r             | none                          | r       |
-| uniform, random | the baseline at r                | none                          | r       |
+| method          | outer stage (token set)          | in the LLM (MergeConfig)         | label    |
+|-----------------|----------------------------------|----------------------------------|----------|
+| full            | all tokens                       | none                             | 100%     |
+| ours            | ours at r                        | text_aware at K = 18, keeps R    | r/(rR)   |
+|                 |                                  | (or a schedule: one share a step)| r/.../.. |
+| ours_no_merge   | ours at r (same sets as "ours")  | none                             | r        |
+| ours_no_cluster | retention pool only at r         | none                             | r        |
+| fastv           | all tokens (same sets as "full") | fastv at its K = 2, keeps r      | 100%/r   |
+| holitom         | HoliTom's outer stage at r       | holitom at K = 18, keeps 50%     | r/(r/2)  |
+| fastvid         | FastVID's outer stage at r       | none (FastVID has no inner stage)| r        |
+| visionzip       | VisionZip-style at r             | none                             | r        |
+| uniform, random | the baseline at r                | none                             | r        |
 
 Decisions the docs leave open:
 
 * "Ours w/o cluster" runs without the in-LLM merge, so it pairs with "Ours (w/o M)" and isolates
   what the cluster refill adds.
-* K defaults to `compression.default_merge_layer` (the paper's 18 of 28 layers at the same
-  relative depth): a tiny test model keeps a merge layer instead of silently skipping it.
+* K of every inner method is `compression.default_merge_layer(L, method)`: its published K of
+  28 layers at the same relative depth, round(K_28 L / 28) within [1, L - 1] (ours 18, HoliTom
+  18, FastV 2 on the 28-layer 7B models; 3, 3 and 1 on a 4-layer test model, which keeps a
+  merge layer instead of silently skipping it). FastV runs at its OWN K (its "after layer 2",
+  the setting of Table S2's FastV rows), not at ours: at K = 18 a FastV row costs 65-68% of the
+  full model's FLOPs (Eq. S3, LLaVA-OV-7B, r = 1%..10%), at K = 2 9-16%.
+* HoliTom is its two stages with HoliTom's own defaults: the outer `holitom` token set at r, and
+  the inner `holitom` merge at its K keeping 50% (its LLaVA-OV-7B scripts: HOLITOM_k=18,
+  HOLITOM_r=0.5), labelled r/(r/2) as in Table S2. `--merge-layer`, `--keep-ratio`, `--lam` and
+  `--merge-schedule` set ours only; `--fastv-layer` moves FastV's K.
+* A merge schedule (Fig. S1) replaces ours' single step; its label lists the share of the video's
+  tokens left after each step (keep ratios compose relatively, see `MergeConfig`).
 * Indexing runs in this process, one video at a time (`jobs.index.video.index_video`): decoded
   and encoded ONCE, then compressed under every outer config of the sweep (the vision tower
   dominates the cost). Token sets land in
@@ -47,7 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from compression.config import PAPER_MERGE_LAYER, CompressionConfig, MergeConfig
+from compression.config import PAPER_LAYERS, CompressionConfig, MergeConfig, default_merge_layer
 from compression.flops import prefill_decode_flops
 from compression.models import Answer, GenerationConfig, Question, VideoLLM
 from compression.token_set import TokenSet
@@ -64,6 +78,8 @@ SWEEP_METHODS: tuple[str, ...] = (
     "visionzip",
     "uniform",
     "random",
+    "fastvid",
+    "holitom",
     "ours_no_cluster",
     "ours_no_merge",
     "ours",
@@ -74,6 +90,8 @@ METHOD_LABELS: dict[str, str] = {
     "visionzip": "VisionZip-style",
     "uniform": "Uniform",
     "random": "Random",
+    "fastvid": "FastVID",
+    "holitom": "HoliTom",
     "ours_no_cluster": "Ours (w/o C)",
     "ours_no_merge": "Ours (w/o M)",
     "ours": "Ours",
@@ -85,10 +103,13 @@ _OUTER_METHOD: dict[str, str] = {
     "visionzip": "visionzip",
     "uniform": "uniform",
     "random": "random",
+    "fastvid": "fastvid",
+    "holitom": "holitom",
     "ours_no_cluster": "ours_no_cluster",
     "ours_no_merge": "ours",
     "ours": "ours",
 }
+HOLITOM_KEEP_RATIO = 0.5  # HoliTom's HOLITOM_r: half the visual tokens pruned (merged) at K
 PAPER_RATIOS: tuple[float, ...] = (0.15, 0.10, 0.05, 0.02, 0.01)
 MAX_NEW_TOKENS = 16
 
@@ -113,13 +134,13 @@ class SweepEntry:
 
     @property
     def retention(self) -> str:
-        if self.method == "full":
-            return "100%"
-        if self.method == "fastv":
-            return f"100%/{percent(self.ratio)}"
+        """The share of the video's tokens entering the LLM, then left after each merge step:
+        "2%/1%", FastV's "100%/2%", a two-step schedule's "2%/1%/0.5%"."""
+        shares = [1.0 if self.outer.method == "full" else self.ratio]
         if self.merge.active:
-            return f"{percent(self.ratio)}/{percent(self.ratio * self.merge.keep_ratio)}"
-        return percent(self.ratio)
+            for _, keep_ratio in self.merge.schedule:
+                shares.append(shares[-1] * keep_ratio)
+        return "/".join(percent(share) for share in shares)
 
     @property
     def key(self) -> str:
@@ -131,17 +152,35 @@ def build_sweep(
     ratios: Sequence[float],
     *,
     base: CompressionConfig = CompressionConfig(),
-    merge_layer: int = PAPER_MERGE_LAYER,
-    keep_ratio: float = 0.5,
-    lam: float = 0.5,
+    num_layers: int = PAPER_LAYERS,
+    ours: MergeConfig | None = None,
+    fastv_layer: int | None = None,
 ) -> list[SweepEntry]:
     """Rows in Table S2's order: the full model first, then by ratio (high to low), baselines
-    before ours. `base` carries tau, cluster ratio, k and seed for every outer config."""
+    before ours. `base` carries tau, cluster ratio, k and seed for every outer config.
+
+    num_layers: the LLM's depth, which scales each inner method's default K. ours: the paper's
+    in-LLM merge (a text_aware `MergeConfig`, one step or a schedule; default: K scaled from 18,
+    R = 0.5, lambda = 0.5). fastv_layer: FastV's K (default: 2 of 28, scaled). HoliTom's inner
+    stage always runs with HoliTom's defaults (K 18 of 28, scaled; R = 0.5)."""
     unknown = [m for m in methods if m not in SWEEP_METHODS]
     if unknown or not methods:
         raise ValueError(f"unknown sweep methods {unknown}; choose from {SWEEP_METHODS}")
     if not ratios and any(m != "full" for m in methods):
         raise ValueError("give at least one retention ratio")
+    if ours is None:
+        ours = MergeConfig(layer=default_merge_layer(num_layers))
+    if ours.method != "text_aware":
+        raise ValueError(f"ours runs the text_aware merge, got {ours.method!r}")
+    if fastv_layer is None:
+        fastv_layer = default_merge_layer(num_layers, "fastv")
+    holitom_layer = default_merge_layer(num_layers, "holitom")
+    for name, merge in (("ours", ours), ("fastv", MergeConfig("fastv", fastv_layer))):
+        layers = [layer for layer, _ in merge.schedule]
+        if layers[-1] >= num_layers:
+            raise ValueError(
+                f"{name}'s merge layers {layers} must lie below the model's {num_layers} layers"
+            )
     full_outer = CompressionConfig(**{**base.to_dict(), "method": "full", "retention_ratio": 1.0})
     entries = []
     if "full" in methods:
@@ -151,18 +190,26 @@ def build_sweep(
             if method == "full" or method not in methods:
                 continue
             if method == "fastv":
-                merge = MergeConfig(method="fastv", layer=merge_layer, keep_ratio=ratio, lam=lam)
+                merge = MergeConfig(method="fastv", layer=fastv_layer, keep_ratio=ratio)
                 entries.append(SweepEntry(method, ratio, full_outer, merge))
                 continue
             outer = CompressionConfig(
                 **{**base.to_dict(), "method": _OUTER_METHOD[method], "retention_ratio": ratio}
             )
             if method == "ours":
-                merge = MergeConfig("text_aware", layer=merge_layer, keep_ratio=keep_ratio, lam=lam)
+                merge = ours
+            elif method == "holitom":
+                merge = MergeConfig("holitom", holitom_layer, HOLITOM_KEEP_RATIO)
             else:
                 merge = MergeConfig(method="none")
             entries.append(SweepEntry(method, ratio, outer, merge))
     return entries
+
+
+def _describe_merge(merge: MergeConfig) -> str:
+    """The merge's steps in words, e.g. "K = 8 keeping 50%, then K = 16 keeping 50%"."""
+    steps = ", then ".join(f"K = {k} keeping {percent(r)}" for k, r in merge.schedule)
+    return steps + (f", lambda = {merge.lam:g}" if merge.method == "text_aware" else "")
 
 
 @dataclass
@@ -508,7 +555,7 @@ def _report_notes(
     token_sets: BenchmarkTokenSets,
     usable: Sequence[MultipleChoiceItem],
 ) -> list[str]:
-    merge = next((e.merge for e in entries if e.merge.active), None)
+    merges = {e.label: e.merge for e in entries if e.merge.active and e.method != "fastv"}
     notes = [
         f"{settings.frames} frames per video; greedy answers of at most "
         f"{settings.max_new_tokens} tokens; batch size {settings.batch_size}",
@@ -523,6 +570,11 @@ def _report_notes(
         "FLOPs: Eq. S3 with 100 generated tokens, mean per question; TFLOPs counts visual "
         "tokens only (the paper's convention), the next column the text tokens too",
     ]
-    if merge is not None:
-        notes.append(f"in-LLM merge at layer K = {merge.layer}, lambda = {merge.lam}")
+    notes += [f"in-LLM {label}: {m.method} {_describe_merge(m)}" for label, m in merges.items()]
+    fastv = next((e.merge for e in entries if e.method == "fastv"), None)
+    if fastv is not None:
+        notes.append(
+            f"in-LLM FastV: the last token's attention inside layer {fastv.layer - 1} ranks the "
+            f"visual tokens, pruned from K = {fastv.layer} on (keeping r of them)"
+        )
     return notes

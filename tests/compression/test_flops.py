@@ -42,6 +42,20 @@ def test_merge_shows_up_as_shorter_layers():
     assert layer_token_counts(LAYERS, 125, 0, MergeConfig(layer=40)) == [125] * 28
 
 
+def test_schedule_drops_tokens_at_each_step():
+    # Fig. S1-style schedule: 125 -> ceil(0.5 * 125) = 63 at layer 8 -> ceil(0.5 * 63) = 32 at 16.
+    schedule = MergeConfig.from_schedule([(8, 0.5), (16, 0.5)])
+    counts = layer_token_counts(LAYERS, 125, 40, schedule)
+    assert counts == [165] * 8 + [103] * 8 + [72] * 12
+    expected = 8 * per_layer(125) + 8 * per_layer(63) + 12 * per_layer(32)
+    assert prefill_decode_flops(layer_token_counts(LAYERS, 125, 0, schedule), D, M) == expected
+    # a step past the last layer does not happen; FastV at its own K = 2
+    late = MergeConfig.from_schedule([(8, 0.5), (28, 0.5)])
+    assert layer_token_counts(LAYERS, 125, 0, late) == [125] * 8 + [63] * 20
+    fastv = layer_token_counts(LAYERS, 6272, 0, MergeConfig(method="fastv", keep_ratio=0.1))
+    assert fastv == [6272] * 2 + [628] * 26
+
+
 def test_abstract_claim_at_two_percent():
     visual = CompressionConfig(retention_ratio=0.02).budget(FULL)
     assert visual == 125

@@ -1,4 +1,5 @@
-"""text_merge against slow plain-loop references (METHOD.md section 5)."""
+"""text_merge against slow plain-loop references (METHOD.md sections 5 and 8): the text-aware
+merge, and the FastV / HoliTom inner steps as their published code computes them."""
 
 from __future__ import annotations
 
@@ -9,15 +10,21 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from compression.config import MergeConfig
 from compression.text_merge import (
     causal_attention_probs,
-    fastv_scores,
+    holitom_merge,
     importance,
+    last_token_attention,
     merge_into_kept,
+    merge_query_rows,
     min_max,
+    plan_merge,
+    scoring_layer,
     select_kept,
     text_visual_attention,
     text_visual_similarity,
+    visual_scores,
 )
 
 SMALL = settings(max_examples=40, deadline=None)
@@ -76,6 +83,20 @@ def ref_merge(tokens, sizes, kept):
     return merged, merged_sizes
 
 
+def ref_holitom_merge(tokens, kept):
+    """HoliTom's loop (holitom/modeling_qwen2.py): targets fixed first, then each dropped token
+    in ascending order sets its target to (target + dropped) / 2, in place."""
+    rows = [list(t) for t in tokens]
+    targets = {}
+    for i in range(len(tokens)):
+        if i not in kept:
+            sims = [ref_cos(tokens[i], tokens[j]) for j in kept]
+            targets[i] = kept[sims.index(max(sims))]
+    for i, j in sorted(targets.items()):
+        rows[j] = [(a + b) / 2 for a, b in zip(rows[j], tokens[i], strict=True)]
+    return [rows[j] for j in kept], targets
+
+
 def ints(shape: tuple[int, ...], low: int = -4, high: int = 4):
     """Small-integer float tensors: sums of products are exact, cosines well separated."""
     count = math.prod(shape)
@@ -109,7 +130,7 @@ def test_causal_attention_and_text_scores_match_loops(data, heads, length, dim):
     last = [
         sum(expected[h, -1, v].item() for h in range(heads)) / heads for v in range(start, stop)
     ]
-    torch.testing.assert_close(fastv_scores(probs[:, -1:], visual), torch.tensor(last))
+    torch.testing.assert_close(last_token_attention(probs[:, -1:], visual), torch.tensor(last))
 
 
 @SMALL
@@ -180,3 +201,87 @@ def test_merge_is_one_weighted_mean_not_sequential_averages():
     merged = merge_into_kept(tokens, sizes, torch.tensor([0]))
     torch.testing.assert_close(merged.tokens, torch.tensor([[(1 + 6 + 5) / 4, 0.25]]))
     assert merged.sizes.tolist() == [4]
+
+
+@SMALL
+@given(data=st.data(), v=st.integers(1, 9), dim=st.integers(1, 4))
+def test_holitom_merge_is_its_running_pairwise_average(data, v, dim):
+    tokens = data.draw(ints((v, dim), -3, 3))
+    sizes = data.draw(st.lists(st.integers(1, 5), min_size=v, max_size=v))
+    keep = data.draw(st.integers(1, v))
+    kept = sorted(data.draw(st.permutations(range(v)))[:keep])
+    rows = tokens.tolist()
+    for i in set(range(v)) - set(kept):
+        sims = sorted((ref_cos(rows[i], rows[j]) for j in kept), reverse=True)
+        assume(len(sims) == 1 or sims[0] - sims[1] > 1e-4 or sims[0] == sims[1])
+    merged = holitom_merge(tokens, torch.tensor(sizes, dtype=torch.int32), torch.tensor(kept))
+    expected, targets = ref_holitom_merge(rows, kept)
+    torch.testing.assert_close(merged.tokens, torch.tensor(expected), atol=1e-5, rtol=1e-5)
+    members = {j: [j] + [i for i, t in targets.items() if t == j] for j in kept}
+    assert merged.sizes.tolist() == [sum(sizes[i] for i in members[j]) for j in kept]
+
+
+def test_holitom_weighs_later_tokens_more_and_ignores_sizes():
+    """Three dropped tokens into one kept token: ((((k + a)/2 + b)/2 + c)/2, not the mean."""
+    tokens = torch.tensor([[8.0, 1.0], [4.0, 1.0], [2.0, 1.0], [16.0, 1.0]])
+    sizes = torch.tensor([5, 1, 1, 1], dtype=torch.int32)
+    merged = holitom_merge(tokens, sizes, torch.tensor([0]))
+    expected = ((((8 + 4) / 2 + 2) / 2 + 16) / 2, 1.0)
+    torch.testing.assert_close(merged.tokens, torch.tensor([expected]))
+    assert merged.sizes.tolist() == [8]
+
+
+def test_scores_and_query_rows_by_method():
+    assert [
+        scoring_layer(MergeConfig(method=m), 5) for m in ("text_aware", "fastv", "holitom")
+    ] == [
+        5,
+        4,
+        4,
+    ]
+    assert merge_query_rows(MergeConfig(method="fastv"), 9, 6).tolist() == [8]
+    assert merge_query_rows(MergeConfig(method="holitom"), 9, 6).tolist() == [8]
+    assert merge_query_rows(MergeConfig(), 9, 6).tolist() == [6, 7, 8]
+    with pytest.raises(ValueError, match="none"):
+        merge_query_rows(MergeConfig(method="none"), 9, 6)
+
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(9, 4, generator=generator)
+    rows = torch.arange(6, 9)
+    q, k = torch.randn(2, 3, 4, generator=generator), torch.randn(2, 9, 4, generator=generator)
+    probs = causal_attention_probs(q, k, rows, 0.5)
+    visual = slice(1, 5)
+    for method in ("fastv", "holitom"):  # the last row only, mean over heads
+        scores = visual_scores(probs[:, -1:], hidden, visual, 6, MergeConfig(method=method))
+        torch.testing.assert_close(scores, probs[:, -1, 1:5].mean(dim=0))
+    expected = importance(
+        text_visual_attention(probs, visual),
+        text_visual_similarity(hidden[visual], hidden[6:]),
+        0.25,
+    )
+    torch.testing.assert_close(
+        visual_scores(probs, hidden, visual, 6, MergeConfig(lam=0.25)), expected
+    )
+    with pytest.raises(ValueError, match="follow"):
+        visual_scores(probs, hidden, visual, 4, MergeConfig())
+
+
+def test_plan_merge_by_method():
+    generator = torch.Generator().manual_seed(1)
+    tokens = torch.randn(6, 3, generator=generator)
+    sizes = torch.tensor([1, 2, 1, 3, 1, 1], dtype=torch.int32)
+    scores = torch.tensor([0.1, 0.9, 0.3, 0.8, 0.2, 0.7])
+    kept = [1, 3, 5]
+    fastv = plan_merge(scores, tokens, sizes, 3, MergeConfig(method="fastv"))
+    assert fastv.kept.tolist() == kept
+    assert torch.equal(fastv.tokens, tokens[kept]) and fastv.sizes.tolist() == [2, 3, 1]
+    ours = plan_merge(scores, tokens, sizes, 3, MergeConfig())
+    expected = merge_into_kept(tokens, sizes, torch.tensor(kept))
+    assert torch.equal(ours.tokens, expected.tokens) and ours.sizes.tolist() == [*expected.sizes]
+    holitom = plan_merge(scores, tokens, sizes, 3, MergeConfig(method="holitom"))
+    assert torch.equal(holitom.tokens, holitom_merge(tokens, sizes, torch.tensor(kept)).tokens)
+    assert int(holitom.sizes.sum()) == int(sizes.sum())
+    with pytest.raises(ValueError, match="one score"):
+        plan_merge(scores[:5], tokens, sizes, 3, MergeConfig())
+    with pytest.raises(ValueError, match="active"):
+        plan_merge(scores, tokens, sizes, 3, MergeConfig(method="none"))

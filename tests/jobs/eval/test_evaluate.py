@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from compression.config import CompressionConfig, default_merge_layer
+from compression.config import CompressionConfig, MergeConfig, default_merge_layer
 from compression.models import Answer
 from jobs.eval.benchmarks import Benchmark, MultipleChoiceItem
 from jobs.eval.evaluate import (
@@ -19,34 +19,82 @@ from jobs.eval.evaluate import (
 
 
 def test_sweep_rows_labels_and_shared_token_sets() -> None:
-    entries = build_sweep(
-        SWEEP_METHODS, [0.02, 0.1], base=CompressionConfig(tau=0.6), merge_layer=3
-    )
+    entries = build_sweep(SWEEP_METHODS, [0.02, 0.1], base=CompressionConfig(tau=0.6))
     labels = [(e.label, e.retention) for e in entries]
     assert labels[0] == ("Vanilla", "100%")
-    assert labels[1:8] == [
+    assert labels[1:10] == [
         ("FastV", "100%/10%"),
         ("VisionZip-style", "10%"),
         ("Uniform", "10%"),
         ("Random", "10%"),
+        ("FastVID", "10%"),
+        ("HoliTom", "10%/5%"),
         ("Ours (w/o C)", "10%"),
         ("Ours (w/o M)", "10%"),
         ("Ours", "10%/5%"),
     ]
-    assert labels[-1] == ("Ours", "2%/1%") and len(entries) == 15
+    assert labels[-1] == ("Ours", "2%/1%") and len(entries) == 19
     by_key = {e.key: e for e in entries}
-    # FastV: all tokens in (the full model's token sets), 2% of them left after layer K.
+    # FastV: all tokens in (the full model's token sets), 2% of them left after ITS layer K = 2.
     fastv = by_key["fastv@0.02"]
     assert fastv.outer == by_key["full@1"].outer and fastv.merge.keep_ratio == 0.02
-    assert (fastv.merge.method, fastv.merge.layer) == ("fastv", 3)
+    assert (fastv.merge.method, fastv.merge.layer) == ("fastv", 2)
     # Ours and Ours (w/o M) ask over the same token sets; only the in-LLM merge differs.
     assert by_key["ours@0.02"].outer == by_key["ours_no_merge@0.02"].outer
     assert by_key["ours@0.02"].outer.tau == 0.6
-    assert by_key["ours@0.02"].merge.method == "text_aware"
+    assert by_key["ours@0.02"].merge == MergeConfig(layer=18, keep_ratio=0.5, lam=0.5)
     assert by_key["ours_no_merge@0.02"].merge.method == "none"
     assert by_key["ours_no_cluster@0.02"].outer.method == "ours_no_cluster"
+    # HoliTom: its outer stage and its inner merge with its own defaults; FastVID: outer only.
+    holitom = by_key["holitom@0.02"]
+    assert (holitom.outer.method, holitom.outer.retention_ratio) == ("holitom", 0.02)
+    assert holitom.merge == MergeConfig("holitom", 18, 0.5)
+    assert by_key["fastvid@0.02"].outer.method == "fastvid"
+    assert by_key["fastvid@0.02"].merge.method == "none"
     with pytest.raises(ValueError, match="unknown sweep methods"):
-        build_sweep(["holitom"], [0.02])
+        build_sweep(["tome"], [0.02])
+
+
+def test_sweep_scales_each_k_to_the_model_and_takes_a_schedule() -> None:
+    entries = build_sweep(["fastv", "holitom", "ours"], [0.1], num_layers=4)
+    assert [(e.merge.method, e.merge.layer) for e in entries] == [
+        ("fastv", 1),
+        ("holitom", 3),
+        ("text_aware", 3),
+    ]
+    schedule = MergeConfig.from_schedule([(8, 0.5), (16, 0.5)], lam=0.25)
+    [fastv, holitom, ours] = build_sweep(
+        ["fastv", "holitom", "ours"], [0.1], ours=schedule, fastv_layer=3
+    )
+    assert ours.merge == schedule and ours.retention == "10%/5%/2.5%"
+    assert fastv.merge.layer == 3 and holitom.merge.layer == 18  # HoliTom keeps its defaults
+    with pytest.raises(ValueError, match="below the model's 4 layers"):
+        build_sweep(["ours"], [0.1], num_layers=4, ours=schedule)
+    with pytest.raises(ValueError, match="below the model's 4 layers"):
+        build_sweep(["fastv"], [0.1], num_layers=4, fastv_layer=4)
+    with pytest.raises(ValueError, match="text_aware"):
+        build_sweep(["ours"], [0.1], ours=MergeConfig(method="fastv"))
+
+
+def test_merge_schedule_option() -> None:
+    import argparse
+
+    from jobs.eval.command import _ours, _schedule
+
+    assert _schedule("8:0.5, 16:0.25") == [(8, 0.5), (16, 0.25)]
+    for bad in ("8", "8:x", "16:0.5,8:0.5", "8:0", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _schedule(bad)
+    args = argparse.Namespace(
+        merge_schedule=[(8, 0.5), (16, 0.25)], merge_layer=None, keep_ratio=None, lam=0.5
+    )
+    assert _ours(args, 28) == MergeConfig.from_schedule([(8, 0.5), (16, 0.25)])
+    with pytest.raises(ValueError, match="not both"):
+        _ours(argparse.Namespace(**{**vars(args), "keep_ratio": 0.3}), 28)
+    one = argparse.Namespace(merge_schedule=None, merge_layer=None, keep_ratio=None, lam=0.5)
+    assert _ours(one, 28) == MergeConfig(layer=18, keep_ratio=0.5)
+    with pytest.raises(ValueError, match="merge-layer"):
+        _ours(argparse.Namespace(**{**vars(one), "merge_layer": 28}), 28)
 
 
 def test_percent_and_merge_layer_scaling() -> None:
@@ -81,7 +129,7 @@ def test_scores_per_benchmark_mlvu_as_task_mean_and_flops() -> None:
             item("mlvu", "order", "o2", 2), item("mlvu", "order", "o3", 2)]  # fmt: skip
     benches = [Benchmark("mvbench", Path("."), mvbench),
                Benchmark("mlvu", Path("."), mlvu)]  # fmt: skip
-    [entry] = build_sweep(["ours"], [0.5], merge_layer=1)
+    [entry] = build_sweep(["ours"], [0.5], ours=MergeConfig(layer=1))
     texts = ["A", "B", "(A)", "nonsense", "B", "C", "blue", "A"]
     answers = [_answer(t, 10, [10, 5], [20, 15]) for t in texts]
     preds = predictions_for(entry, mvbench + mlvu, answers, hidden=8, ffn=16)
@@ -153,7 +201,7 @@ def tiny_run(tmp_path_factory, tiny_llm):
 
     root = tmp_path_factory.mktemp("eval")
     bench = load_benchmark("videomme", _videomme_benchmark(root / "data" / "Video-MME"))
-    entries = build_sweep(METHODS, [0.5, 0.25], merge_layer=default_merge_layer(4))
+    entries = build_sweep(METHODS, [0.5, 0.25], num_layers=tiny_llm.num_layers)
     settings = EvalSettings(frames=FRAMES, batch_size=2, max_new_tokens=4)
     store = open_store(str(root / "store"))
     result = run_evaluation(
@@ -162,7 +210,7 @@ def tiny_run(tmp_path_factory, tiny_llm):
     return root, bench, entries, settings, store, result
 
 
-METHODS = ["full", "fastv", "ours_no_merge", "ours"]
+METHODS = ["full", "fastv", "holitom", "fastvid", "ours_no_merge", "ours"]
 
 
 @pytest.mark.slow
@@ -185,6 +233,11 @@ def test_sweep_on_a_tiny_benchmark_writes_the_report(tiny_run, tiny_llm) -> None
         "full@1": (n, n),
         "fastv@0.5": (n, n // 2),
         "fastv@0.25": (n, n // 4),
+        # HoliTom's temporal merge leaves one token per cell of a still video (9 < its budget,
+        # and HoliTom keeps fewer than M then); its inner merge keeps ceil(9 / 2) at K
+        "holitom@0.5": (9, 5),
+        "holitom@0.25": (9, 5),
+        "fastvid@0.25": (n // 4, n // 4),
         "ours_no_merge@0.5": (n // 2, n // 2),
         "ours@0.5": (n // 2, n // 4),
         "ours@0.25": (n // 4, n // 8),
@@ -204,8 +257,11 @@ def test_sweep_on_a_tiny_benchmark_writes_the_report(tiny_run, tiny_llm) -> None
     flops = {e.key: float(c[5]) for e, c in zip(entries, cells[1:], strict=True)}
     assert flops["ours@0.25"] < flops["ours_no_merge@0.25"] < flops["full@1"]
     assert flops["fastv@0.25"] < flops["full@1"]
+    assert flops["holitom@0.5"] < flops["fastvid@0.5"] < flops["full@1"]
     markdown = result.paths["markdown"].read_text()
     assert "| Ours | 25%/12.5% |" in markdown and "| FastV | 100%/50% |" in markdown
+    assert "| HoliTom | 25%/12.5% |" in markdown and "| FastVID | 25% |" in markdown
+    assert "pruned from K = 1 on" in markdown  # FastV at its own K, scaled to 4 layers
     assert result.paths["plot"].stat().st_size > 0
     lines = result.paths["predictions"].read_text().splitlines()
     assert len(lines) == len(result.predictions)
@@ -234,6 +290,19 @@ def test_eval_command_reuses_the_store(tiny_run, capsys) -> None:
     notes = (out / "report.md").read_text()
     assert "VideoMME 2 (skipped records: 0)" in notes
     assert "token sets: 1 reused from the store, 0 indexed" in notes  # both about red.mp4
+
+    # a Fig. S1 layer schedule for ours, through the CLI
+    scheduled = root / "cli-schedule"
+    argv[argv.index("--out") + 1] = str(scheduled)
+    assert main([*argv, "--merge-schedule", "1:0.5,3:0.5"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split("\t")[:2] == ["Ours", "50%/25%/12.5%"]
+    assert (
+        "Ours: text_aware K = 1 keeping 50%, then K = 3 keeping 50%"
+        in (scheduled / "report.md").read_text()
+    )
+    assert main([*argv, "--merge-schedule", "1:0.5,4:0.5"]) == 2  # past the 4 layers
+    with pytest.raises(SystemExit):  # not increasing: refused while parsing
+        main([*argv, "--merge-schedule", "3:0.5,1:0.5"])
 
     assert main(["eval", str(root / "data"), "--benchmark", "nope=/x"]) == 2
     assert main(["eval", str(root / "store")]) == 2  # no benchmark folder in there
