@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--temperature", type=float, default=None)
     add("--top-p", type=float, default=None)
     add("--seed", type=int, default=None)
-    add("--merge-method", choices=["text_aware", "fastv", "none"], default=None)
+    # Not checked here (the server knows its methods; this client imports no torch).
+    add("--merge-method", default=None, help="text_aware, fastv, holitom or none (server's)")
     add("--merge-layer", type=int, default=None, help="K (default 18, or the last layer)")
     add("--keep-ratio", type=float, default=None, help="R (default 0.5)")
     add("--lam", type=float, default=None, help="lambda (default 0.5)")

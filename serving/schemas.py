@@ -23,9 +23,10 @@ MAX_STOP_CHARS = 64
 MAX_MESSAGES = 16
 MAX_TOP_K = 1000
 MAX_LIST_LIMIT = 500
+MAX_MERGE_STEPS = 8
 DEFAULT_MAX_NEW_TOKENS = 64
 
-InnerMethodName = Literal["text_aware", "fastv", "none"]
+InnerMethodName = Literal["text_aware", "fastv", "holitom", "none"]
 assert set(InnerMethodName.__args__) == set(INNER_METHODS)  # keep in step with compression
 
 StopSequence = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
@@ -42,29 +43,38 @@ class _Strict(BaseModel):
 
 
 class MergeSettings(_Strict):
-    """Text-aware merging at decoder layer K (METHOD.md section 5); paper defaults.
+    """The merge inside the LLM at decoder layer K (METHOD.md sections 5 and 8); paper defaults.
 
-    layer: K. Left out, it is `compression.default_merge_layer` of the model (the paper's 18 of
-    28 layers at the same relative depth); an explicit K outside [0, layers - 1] is a 422.
+    method: "text_aware" (the paper's), "fastv", "holitom" or "none".
+    layer: K. Left out, it is `compression.default_merge_layer` of the model for the method (its
+    published K of 28 layers at the same relative depth); an explicit K outside [0, layers - 1]
+    is refused.
+    later_steps: a layer schedule's further [layer, keep_ratio] steps (Fig. S1), each keeping
+    that share of the visual tokens that reach it (see `compression.MergeConfig`).
     """
 
     method: InnerMethodName = "text_aware"
     layer: int | None = Field(default=None, ge=0, le=1024)
     keep_ratio: float = Field(default=0.5, gt=0.0, le=1.0)
     lam: float = Field(default=0.5, ge=0.0, le=1.0)
+    later_steps: list[
+        tuple[Annotated[int, Field(ge=0, le=1024)], Annotated[float, Field(gt=0.0, le=1.0)]]
+    ] = Field(default_factory=list, max_length=MAX_MERGE_STEPS)
 
     def to_config(self, num_layers: int) -> MergeConfig:
-        if self.layer is None:
-            layer = default_merge_layer(num_layers)
-        elif self.layer >= num_layers:
-            raise ValueError(
-                f"merge.layer must be in [0, {num_layers - 1}] for this model "
-                f"({num_layers} decoder layers), got {self.layer}"
-            )
-        else:
-            layer = self.layer
+        layer = default_merge_layer(num_layers, self.method) if self.layer is None else self.layer
+        for step_layer in (layer, *(step[0] for step in self.later_steps)):
+            if step_layer >= num_layers:
+                raise ValueError(
+                    f"merge layers must be in [0, {num_layers - 1}] for this model "
+                    f"({num_layers} decoder layers), got {step_layer}"
+                )
         return MergeConfig(
-            method=self.method, layer=layer, keep_ratio=self.keep_ratio, lam=self.lam
+            method=self.method,
+            layer=layer,
+            keep_ratio=self.keep_ratio,
+            lam=self.lam,
+            later_steps=tuple(self.later_steps),
         )
 
 
@@ -130,6 +140,7 @@ class MergeApplied(BaseModel):
     layer: int
     keep_ratio: float
     lam: float
+    later_steps: list[tuple[int, float]]
 
 
 class AskResponse(BaseModel):

@@ -69,8 +69,9 @@ class Answer:
 
     layer_tokens: n_i, the sequence length (visual + text) each decoder layer saw in prefill.
     layer_visual_tokens: the visual part of n_i per layer (the paper's FLOPs convention).
-    kept_visual: positions (rows of the token set) of the visual tokens kept at layer K, or None
-        when no merge ran; lets a viewer show which tokens the question kept (Fig. S2).
+    kept_visual: positions (rows of the token set) of the visual tokens kept after the merge's
+        last step (layer K for a one-step merge), or None when no merge ran; lets a viewer show
+        which tokens the question kept (Fig. S2).
     prefill_s: prefill and the first token; decode_s: the remaining decoding steps.
     """
 

@@ -95,7 +95,10 @@ def visualize_video(
     answer = None
     if question:
         llm = load_video_llm(token_set.model_id, device=device)
-        layer = default_merge_layer(llm.num_layers) if merge_layer is None else merge_layer
+        if merge_layer is None:
+            layer = default_merge_layer(llm.num_layers, merge_method)
+        else:
+            layer = merge_layer
         if not 0 < layer < llm.num_layers:
             raise ValueError(f"merge layer K must lie in [1, {llm.num_layers - 1}], got {layer}")
         merge = MergeConfig(merge_method, layer, keep_ratio, lam)

@@ -26,6 +26,22 @@ def test_explicit_layer_beyond_the_model_is_rejected() -> None:
     assert MergeSettings(layer=3).to_config(num_layers=4).layer == 3
 
 
+def test_each_method_takes_its_own_published_layer_scaled() -> None:
+    assert MergeSettings(method="fastv").to_config(num_layers=28).layer == 2
+    assert MergeSettings(method="holitom").to_config(num_layers=28).layer == 18
+    assert MergeSettings(method="fastv").to_config(num_layers=4).layer == 1
+
+
+def test_a_layer_schedule_reaches_the_merge_config() -> None:
+    settings = MergeSettings(layer=1, keep_ratio=0.5, later_steps=[[2, 0.5], [3, 0.25]])
+    merge = settings.to_config(num_layers=4)
+    assert merge.schedule == ((1, 0.5), (2, 0.5), (3, 0.25))
+    with pytest.raises(ValueError, match=r"\[0, 3\]"):
+        MergeSettings(layer=1, later_steps=[[4, 0.5]]).to_config(num_layers=4)
+    with pytest.raises(ValueError, match="increasing"):
+        MergeSettings(layer=2, later_steps=[[1, 0.5]]).to_config(num_layers=4)
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -40,6 +56,8 @@ def test_explicit_layer_beyond_the_model_is_rejected() -> None:
         {"question": "q", "merge": {"lam": -1}},
         {"question": "q", "merge": {"method": "magic"}},
         {"question": "q", "merge": {"layer": -1}},
+        {"question": "q", "merge": {"later_steps": [[2]]}},
+        {"question": "q", "merge": {"later_steps": [[2, 0.5]] * 9}},
         {"question": "q", "max_new_token": 5},  # typo: unknown fields are errors
         {"question": "q", "stop": ["a", "b", "c", "d", "e"]},
     ],
