@@ -1,8 +1,11 @@
-"""Multiple-choice video QA benchmarks, read from their published annotation layouts.
+"""Video QA benchmarks, read from their published annotation layouts.
 
 Each reader turns one benchmark directory (annotations with the videos beside them, as the
-benchmark's authors or lmms-eval's Hugging Face copies publish it) into `MultipleChoiceItem`s:
-a question, its options as plain text, the index of the right one, and the video file.
+benchmark's authors or lmms-eval's Hugging Face copies publish it) into items: for the
+multiple-choice benchmarks a `MultipleChoiceItem` (a question, its options as plain text and as
+published, the index of the right one, the video file); for the open-ended ActivityNet-QA an
+`OpenEndedItem` (a question, the reference answer, the video file), scored by a judge model
+(`jobs.eval.judge`).
 
 Layouts understood (field names as in the published files):
 
@@ -20,6 +23,11 @@ Layouts understood (field names as in the published files):
   without ``correct_choice`` (the test split) are left out.
 * VideoMME: ``videomme/test-*.parquet`` (``videoID, question_id, duration, task_type, question,
   options`` with "A. " prefixes, ``answer`` as a letter); videos ``data/<videoID>.mp4``.
+* ActivityNet-QA (open-ended): lmms-eval's copy (Parquet/JSON(L) records ``video_name, question,
+  answer, question_id, type``; videos ``all_test/v_<video_name>.mp4`` (or .webm/.mkv), where
+  lmms-eval's task looks for them) or the original release (``test_q.json`` with ``video_name,
+  question_id, question`` plus ``test_a.json`` with ``question_id, answer, type``). The task of
+  an item is its question type ("type 0" .. "type 8").
 
 Where the file named in a record is not at the layout's place, it is looked up by its relative
 path anywhere under the benchmark directory (downloads are often unpacked one level deeper).
@@ -36,18 +44,28 @@ import json
 import re
 import string
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-BENCHMARKS: tuple[str, ...] = ("mvbench", "egoschema", "mlvu", "longvideobench", "videomme")
+BENCHMARKS: tuple[str, ...] = (
+    "mvbench",
+    "egoschema",
+    "mlvu",
+    "longvideobench",
+    "videomme",
+    "activitynetqa",
+)
 DISPLAY_NAMES: dict[str, str] = {
     "mvbench": "MVBench",
     "egoschema": "EgoSchema",
     "mlvu": "MLVU",
     "longvideobench": "LongVideoBench",
     "videomme": "VideoMME",
+    "activitynetqa": "ActivityNet-QA",
 }
+# Answered in free text and scored by a judge model (accuracy and a 0-5 score), not by a letter.
+OPEN_ENDED: frozenset[str] = frozenset({"activitynetqa"})
 # MLVU's headline number (M-Avg) is the mean of its per-task accuracies; the others report the
 # accuracy over all questions.
 SCORED_AS_TASK_MEAN: frozenset[str] = frozenset({"mlvu"})
@@ -62,7 +80,12 @@ class AnnotationError(ValueError):
 
 @dataclass(frozen=True)
 class MultipleChoiceItem:
-    """One multiple-choice question about one video."""
+    """One multiple-choice question about one video.
+
+    options: the option texts, without letters. published_options: the options exactly as the
+    annotation writes them when they carry their own letters ("A. red"; VideoMME, EgoSchema),
+    which lmms-eval's prompts print verbatim; empty when the annotation has plain texts.
+    """
 
     benchmark: str
     task: str
@@ -71,6 +94,7 @@ class MultipleChoiceItem:
     question: str
     options: tuple[str, ...]
     answer_index: int
+    published_options: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 2 <= len(self.options) <= len(LETTERS):
@@ -81,9 +105,36 @@ class MultipleChoiceItem:
                 f"{len(self.options)} options"
             )
 
+        if self.published_options and len(self.published_options) != len(self.options):
+            raise AnnotationError(f"{self.question_id}: published options do not match options")
+
     @property
     def answer_letter(self) -> str:
         return LETTERS[self.answer_index]
+
+    @property
+    def reference(self) -> str:
+        """The right answer as the predictions record it: its letter."""
+        return self.answer_letter
+
+
+@dataclass(frozen=True)
+class OpenEndedItem:
+    """One free-text question about one video, with its reference answer."""
+
+    benchmark: str
+    task: str
+    question_id: str
+    video: Path
+    question: str
+    answer: str
+
+    @property
+    def reference(self) -> str:
+        return self.answer
+
+
+Item = MultipleChoiceItem | OpenEndedItem
 
 
 @dataclass
@@ -92,12 +143,16 @@ class Benchmark:
 
     name: str
     root: Path
-    items: list[MultipleChoiceItem]
+    items: list[Item]
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def display_name(self) -> str:
         return DISPLAY_NAMES[self.name]
+
+    @property
+    def open_ended(self) -> bool:
+        return self.name in OPEN_ENDED
 
 
 # -- reading annotation files ---------------------------------------------------------------
@@ -148,6 +203,12 @@ def strip_option_letters(options: Iterable[str]) -> tuple[str, ...]:
             return tuple(o.strip() for o in options)
         stripped.append(match.group(1).strip())
     return tuple(stripped)
+
+
+def _lettered_options(raw: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(plain option texts, the options as published when they carry their own letters)."""
+    plain = strip_option_letters(raw)
+    return plain, (raw if plain != tuple(o.strip() for o in raw) else ())
 
 
 def _answer_index_from_text(answer: str, options: tuple[str, ...], where: str) -> int:
@@ -239,6 +300,7 @@ class _Parsed:
     options: tuple[str, ...]
     answer_index: int
     video: str  # as the record names it, relative to the layout's video folder
+    published_options: tuple[str, ...] = ()
 
 
 def _records_of(files: Iterable[Path]) -> Iterator[_Record]:
@@ -282,6 +344,7 @@ def _build(
                 question=parsed.question,
                 options=parsed.options,
                 answer_index=parsed.answer_index,
+                published_options=parsed.published_options,
             )
         )
     if not bench.items and not bench.skipped:
@@ -328,7 +391,7 @@ def load_egoschema(root: Path, limit: int | None = None) -> Benchmark:
         d, where = rec.data, rec.where
         if d.get("answer") is None or str(d["answer"]).strip() == "":
             return None  # the split whose answers are hidden
-        options = strip_option_letters(_text_list(d, "option", where))
+        options, published = _lettered_options(_text_list(d, "option", where))
         return _Parsed(
             question_id=str(_field(d, "question_idx", (str, int), where)),
             task="egoschema",
@@ -336,6 +399,7 @@ def load_egoschema(root: Path, limit: int | None = None) -> Benchmark:
             options=options,
             answer_index=_answer_index_from_number(d["answer"], options, where),
             video=_field(d, "video_idx", str, where),
+            published_options=published,
         )
 
     return _build("egoschema", root, _records_of(files), parse, lambda r: (root / "videos",), limit)
@@ -432,7 +496,7 @@ def load_videomme(root: Path, limit: int | None = None) -> Benchmark:
 
     def parse(rec: _Record) -> _Parsed:
         d, where = rec.data, rec.where
-        options = strip_option_letters(_text_list(d, "options", where))
+        options, published = _lettered_options(_text_list(d, "options", where))
         return _Parsed(
             question_id=str(_field(d, "question_id", (str, int), where)),
             task=str(d.get("duration") or "all"),
@@ -440,9 +504,71 @@ def load_videomme(root: Path, limit: int | None = None) -> Benchmark:
             options=options,
             answer_index=_answer_index_from_letter(_field(d, "answer", str, where), options, where),
             video=_field(d, "videoID", str, where),
+            published_options=published,
         )
 
     return _build("videomme", root, _records_of(files), parse, lambda r: (root / "data",), limit)
+
+
+# ActivityNet-QA's videos: where lmms-eval's task looks ("all_test/v_<name>" with one of these
+# suffixes), else by name anywhere under the benchmark folder.
+_AQA_VIDEO_FOLDER = "all_test"
+
+
+def load_activitynetqa(root: Path, limit: int | None = None) -> Benchmark:
+    questions, answers = root / "test_q.json", root / "test_a.json"
+    if questions.is_file():
+        if not answers.is_file():
+            raise AnnotationError(f"ActivityNet-QA: {questions} needs test_a.json beside it")
+        by_id = {}
+        for rec in _records_of([answers]):
+            qid = str(_field(rec.data, "question_id", (str, int), rec.where))
+            by_id[qid] = rec.data
+        records: Iterable[_Record] = (
+            replace(rec, data={**rec.data, **by_id.get(str(rec.data.get("question_id")), {})})
+            for rec in _records_of([questions])
+        )
+    else:
+        files = _annotation_files(root, ["**/*.parquet", "**/*.jsonl", "*.json"])
+        # the test split, as lmms-eval's task reads it, when the copy holds other splits too
+        files = [f for f in files if "test" in f.name] or files
+        if not files:
+            raise AnnotationError(
+                f"ActivityNet-QA: no test_q.json/test_a.json or Parquet/JSON records under {root}"
+            )
+        records = _records_of(files)
+    bench = Benchmark(name="activitynetqa", root=root, items=[])
+    resolver = VideoResolver(root)
+    seen: set[str] = set()
+    for rec in records:
+        if limit is not None and len(bench.items) >= limit:
+            break
+        d, where = rec.data, rec.where
+        qid = str(_field(d, "question_id", (str, int), where))
+        if qid in seen:
+            continue
+        seen.add(qid)
+        name = str(_field(d, "video_name", (str, int), where))
+        folder = root / _AQA_VIDEO_FOLDER
+        video = resolver.resolve(f"v_{name}", folder) or resolver.resolve(name, folder)
+        if video is None:
+            bench.skipped.append((qid, f"video 'v_{name}' not found under {root}"))
+            continue
+        answer = _field(d, "answer", (str, int), where)
+        kind = d.get("type")
+        bench.items.append(
+            OpenEndedItem(
+                benchmark="activitynetqa",
+                task="all" if kind is None else f"type {kind}",
+                question_id=qid,
+                video=video,
+                question=_field(d, "question", str, where),
+                answer=str(answer),
+            )
+        )
+    if not bench.items and not bench.skipped:
+        raise AnnotationError(f"no ActivityNet-QA questions found under {root}")
+    return bench
 
 
 LOADERS: dict[str, Callable[[Path, int | None], Benchmark]] = {
@@ -451,6 +577,7 @@ LOADERS: dict[str, Callable[[Path, int | None], Benchmark]] = {
     "mlvu": load_mlvu,
     "longvideobench": load_longvideobench,
     "videomme": load_videomme,
+    "activitynetqa": load_activitynetqa,
 }
 
 
@@ -468,7 +595,7 @@ def load_benchmark(name: str, root: str | Path, limit: int | None = None) -> Ben
 
 def discover_benchmarks(data_root: str | Path) -> dict[str, Path]:
     """The benchmark directories under `data_root`, found by their names (case-insensitive,
-    '-' and '_' ignored: ``Video-MME``, ``LongVideoBench``, ``mvbench`` ...)."""
+    '-' and '_' ignored: ``Video-MME``, ``LongVideoBench``, ``ActivityNet-QA``, ``mvbench`` ...)."""
     data_root = Path(data_root).expanduser()
     if not data_root.is_dir():
         raise FileNotFoundError(f"benchmark data directory {data_root} does not exist")

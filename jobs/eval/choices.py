@@ -1,9 +1,5 @@
-"""Multiple-choice prompts and reading the chosen option back out of a model's answer.
-
-The prompt is the one lmms-eval gives LLaVA-OneVision on the video benchmarks: the question,
-the options one per line as "A. ...", then "Answer with the option's letter from the given
-choices directly." Every benchmark is asked the same way, so scores are comparable across
-methods and benchmarks (the benchmarks' own harnesses vary the wording slightly).
+"""Reading the chosen option back out of a model's answer to a multiple-choice question (the
+prompts are `jobs.eval.prompts`).
 
 `extract_choice` reads the letter robustly, in this order (first rule that answers wins):
 
@@ -29,23 +25,11 @@ from collections.abc import Sequence
 
 from jobs.eval.benchmarks import LETTERS
 
-ANSWER_INSTRUCTION = "Answer with the option's letter from the given choices directly."
-
 # "The best answer is", "Answer:", "Best option:", "The correct choice is" ...
 _LEAD_IN = re.compile(
     r"^\s*(?:the\s+)?(?:(?:best|correct|final|right)\s+)?(?:answer|option|choice)\s*(?:is\b|:)\s*",
     flags=re.IGNORECASE,
 )
-
-
-def build_prompt(question: str, options: Sequence[str]) -> str:
-    """The question, "A. option" lines, and the answer instruction (lmms-eval's LLaVA-OV style)."""
-    if not 2 <= len(options) <= len(LETTERS):
-        raise ValueError(f"a multiple-choice question needs 2..26 options, got {len(options)}")
-    lines = [question.strip()]
-    lines += [f"{LETTERS[i]}. {option.strip()}" for i, option in enumerate(options)]
-    lines.append(ANSWER_INSTRUCTION)
-    return "\n".join(lines)
 
 
 def _normalise(text: str) -> str:

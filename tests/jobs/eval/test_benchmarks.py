@@ -174,6 +174,55 @@ def test_strip_option_letters_only_when_every_option_is_lettered() -> None:
 
 
 def test_discover_benchmarks_by_folder_name(tmp_path: Path) -> None:
-    for name in ("Video-MME", "MVBench", "LongVideoBench", "unrelated"):
+    for name in ("Video-MME", "MVBench", "LongVideoBench", "ActivityNet-QA", "unrelated"):
         (tmp_path / name).mkdir()
-    assert sorted(discover_benchmarks(tmp_path)) == ["longvideobench", "mvbench", "videomme"]
+    assert sorted(discover_benchmarks(tmp_path)) == [
+        "activitynetqa",
+        "longvideobench",
+        "mvbench",
+        "videomme",
+    ]
+
+
+def test_lettered_options_are_kept_as_published(tmp_path: Path) -> None:
+    _touch(tmp_path / "data" / "v.mp4")
+    options = ["A. red", "B. green", "C. blue", "D. black"]
+    _parquet(
+        tmp_path / "videomme" / "test-00000-of-00001.parquet",
+        [{"videoID": "v", "question_id": "1", "duration": "short", "question": "Which?",
+          "options": options, "answer": "B"}],
+    )  # fmt: skip
+    [item] = load_benchmark("videomme", tmp_path).items
+    assert item.published_options == tuple(options) and item.options[1] == "green"
+
+
+def test_activitynetqa_lmms_eval_layout(tmp_path: Path) -> None:
+    video = _touch(tmp_path / "all_test" / "v_abc-12.webm")
+    _parquet(
+        tmp_path / "data" / "test-00000-of-00001.parquet",
+        [
+            {"video_name": "abc-12", "question_id": "v_abc-12_0", "question": "is it day",
+             "answer": "yes", "type": 3},
+            {"video_name": "gone", "question_id": "v_gone_0", "question": "what", "answer": "x",
+             "type": 0},
+        ],
+    )  # fmt: skip
+    bench = load_benchmark("activitynetqa", tmp_path)
+    assert bench.open_ended and bench.display_name == "ActivityNet-QA"
+    [item] = bench.items
+    assert (item.question_id, item.task, item.question, item.answer, item.video) == (
+        "v_abc-12_0", "type 3", "is it day", "yes", video
+    )  # fmt: skip
+    assert [qid for qid, _ in bench.skipped] == ["v_gone_0"]
+
+
+def test_activitynetqa_original_release(tmp_path: Path) -> None:
+    _touch(tmp_path / "videos" / "v_k1.mp4")
+    _json(tmp_path / "test_q.json", [{"video_name": "k1", "question_id": "k1_0",
+                                      "question": "what is shown"}])  # fmt: skip
+    _json(tmp_path / "test_a.json", [{"question_id": "k1_0", "answer": "a dog", "type": 5}])
+    [item] = load_benchmark("activitynetqa", tmp_path).items
+    assert (item.answer, item.task) == ("a dog", "type 5")
+    (tmp_path / "test_a.json").unlink()
+    with pytest.raises(AnnotationError, match=r"needs test_a\.json"):
+        load_benchmark("activitynetqa", tmp_path)
