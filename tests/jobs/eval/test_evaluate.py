@@ -1,4 +1,5 @@
-"""The evaluation runner: sweep rows and labels, scoring, and a whole run on a tiny benchmark."""
+"""The evaluation runner: sweep rows and labels, scoring, and a whole run on a tiny benchmark
+(the runner's logs and resumption: test_resume.py; presets: test_presets.py)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,8 @@ import pytest
 from compression.config import CompressionConfig, MergeConfig, default_merge_layer
 from compression.models import Answer
 from jobs.eval.benchmarks import Benchmark, MultipleChoiceItem
-from jobs.eval.evaluate import (
-    SWEEP_METHODS,
-    build_sweep,
-    percent,
-    predictions_for,
-    summarise,
-)
+from jobs.eval.evaluate import predictions_for, summarise
+from jobs.eval.sweep import SWEEP_METHODS, build_sweep, percent, scaled_layer
 
 
 def test_sweep_rows_labels_and_shared_token_sets() -> None:
@@ -102,6 +98,12 @@ def test_percent_and_merge_layer_scaling() -> None:
     assert default_merge_layer(28) == 18
     assert default_merge_layer(4) == 3
     assert default_merge_layer(2) == 1
+    # any K of 28 layers, by the same rule
+    assert [scaled_layer(k, 28) for k in (2, 7, 14, 18, 21)] == [2, 7, 14, 18, 21]
+    assert [scaled_layer(k, 4) for k in (2, 7, 14, 18, 21)] == [1, 1, 2, 3, 3]
+    assert scaled_layer(18, 4) == default_merge_layer(4)
+    with pytest.raises(ValueError):
+        scaled_layer(28, 28)
 
 
 def _answer(text: str, visual_in: int, layer_visual: list[int], layer_all: list[int]) -> Answer:
@@ -201,8 +203,10 @@ def tiny_run(tmp_path_factory, tiny_llm):
 
     root = tmp_path_factory.mktemp("eval")
     bench = load_benchmark("videomme", _videomme_benchmark(root / "data" / "Video-MME"))
-    entries = build_sweep(METHODS, [0.5, 0.25], num_layers=tiny_llm.num_layers)
-    settings = EvalSettings(frames=FRAMES, batch_size=2, max_new_tokens=4)
+    entries = build_sweep(
+        METHODS, [0.5, 0.25], num_layers=tiny_llm.num_layers, base=CompressionConfig(frames=FRAMES)
+    )
+    settings = EvalSettings(batch_size=2, max_new_tokens=4)
     store = open_store(str(root / "store"))
     result = run_evaluation(
         [bench], tiny_llm, entries, settings, store=store, out_dir=root / "report"
@@ -218,7 +222,8 @@ def test_sweep_on_a_tiny_benchmark_writes_the_report(tiny_run, tiny_llm) -> None
     import csv
     import json
 
-    from jobs.eval.evaluate import BenchmarkTokenSets, unique_configs
+    from jobs.eval.evaluate import BenchmarkTokenSets
+    from jobs.eval.sweep import unique_configs
 
     root, bench, entries, settings, store, result = tiny_run
     assert len(bench.items) == 5
@@ -263,15 +268,18 @@ def test_sweep_on_a_tiny_benchmark_writes_the_report(tiny_run, tiny_llm) -> None
     assert "| HoliTom | 25%/12.5% |" in markdown and "| FastVID | 25% |" in markdown
     assert "pruned from K = 1 on" in markdown  # FastV at its own K, scaled to 4 layers
     assert result.paths["plot"].stat().st_size > 0
-    lines = result.paths["predictions"].read_text().splitlines()
-    assert len(lines) == len(result.predictions)
+    header, *lines = result.paths["predictions"].read_text().splitlines()
+    assert json.loads(header)["identity"]["model"] == tiny_llm.model_id
+    assert len(lines) == len(result.predictions) == result.asked
     assert {"row", "response", "choice", "correct"} <= set(json.loads(lines[0]))
+    configs = unique_configs(entries)
+    assert (result.indexed, result.reused) == (3 * len(configs), 0)  # 3 readable videos
 
     # A second run finds every token set in the store instead of indexing again.
     again = BenchmarkTokenSets(tiny_llm, store, settings)
     uris = sorted({str(i.video) for i in bench.items} - set(result.failed_videos))
-    again.prepare(uris, unique_configs(entries))
-    assert (again.reused, again.indexed) == (len(uris) * len(unique_configs(entries)), 0)
+    again.prepare(dict.fromkeys(uris, configs))
+    assert (again.reused, again.indexed) == (len(uris) * len(configs), 0)
 
 
 @pytest.mark.slow
@@ -284,12 +292,14 @@ def test_eval_command_reuses_the_store(tiny_run, capsys) -> None:
             "--frames", str(FRAMES), "--max-new-tokens", "2", "--model", "tiny-llava-ov",
             "--store", str(root / "store"), "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
-    printed = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    printed = captured.out.splitlines()
     assert printed[0].split("\t")[:3] == ["Method", "Retention Ratio", "VideoMME"]
     assert printed[1].split("\t")[:2] == ["Ours", "50%/25%"]
     notes = (out / "report.md").read_text()
     assert "VideoMME 2 (skipped records: 0)" in notes
-    assert "token sets: 1 reused from the store, 0 indexed" in notes  # both about red.mp4
+    # both questions are about red.mp4, whose token set the sweep above indexed
+    assert "token sets: 1 reused from the store, 0 indexed" in captured.err
 
     # a Fig. S1 layer schedule for ours, through the CLI
     scheduled = root / "cli-schedule"
@@ -306,3 +316,96 @@ def test_eval_command_reuses_the_store(tiny_run, capsys) -> None:
 
     assert main(["eval", str(root / "data"), "--benchmark", "nope=/x"]) == 2
     assert main(["eval", str(root / "store")]) == 2  # no benchmark folder in there
+
+
+class Stop(Exception):
+    """Stands for the process being killed."""
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_same_report(tiny_run, tiny_llm) -> None:
+    from jobs.eval.evaluate import EvalSettings, run_evaluation
+    from jobs.eval.run_log import RunMismatch
+
+    root, bench, _, _, store, _ = tiny_run
+    entries = build_sweep(
+        ["full", "ours"], [0.5], num_layers=tiny_llm.num_layers, base=CompressionConfig(frames=8)
+    )
+    settings = EvalSettings(batch_size=1, max_new_tokens=3)
+
+    def run(out: Path, progress=lambda message: None):
+        return run_evaluation(
+            [bench], tiny_llm, entries, settings, store=store, out_dir=out, progress=progress
+        )
+
+    whole = run(root / "whole")
+    assert whole.asked == 2 * 4
+
+    def killed_after_three(message: str) -> None:
+        if "answered 3/" in message:
+            raise Stop
+
+    out = root / "resumed"
+    with pytest.raises(Stop):
+        run(out, killed_after_three)
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 1 + 3
+    with (out / "predictions.jsonl").open("a") as f:
+        f.write('{"row": "ours@0.5", "bench')  # and killed in the middle of the next write
+
+    resumed = run(out)
+    assert (resumed.asked, len(resumed.predictions)) == (2 * 4 - 3, 2 * 4)
+    for name in ("report.csv", "tasks.csv", "report.md"):
+        assert (out / name).read_text() == (root / "whole" / name).read_text()
+
+    def answers(result):
+        return sorted((p.row, p.question_id, p.response, p.choice) for p in result.predictions)
+
+    assert answers(resumed) == answers(whole)
+
+    # Run again: nothing left to ask or to index, the same report.
+    again = run(out)
+    assert (again.asked, again.indexed, again.reused) == (0, 0, 0)
+    assert (out / "report.csv").read_text() == (root / "whole" / "report.csv").read_text()
+
+    # Other settings into the same directory: refused, nothing written.
+    before = (out / "predictions.jsonl").read_bytes()
+    with pytest.raises(RunMismatch, match="differs in: rows"):
+        run_evaluation([bench], tiny_llm, entries[:1], settings, store=store, out_dir=out)
+    with pytest.raises(RunMismatch, match="differs in: generation"):
+        run_evaluation(
+            [bench], tiny_llm, entries, EvalSettings(max_new_tokens=2), store=store, out_dir=out
+        )
+    assert (out / "predictions.jsonl").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_eval_command_runs_a_preset(tiny_run, capsys) -> None:
+    from tokenreel.cli import main
+
+    root, *_ = tiny_run
+    assert main(["eval", "--list-presets"]) == 0
+    listing = capsys.readouterr().out
+    assert "table-s8" in listing and "Table S8: lambda" in listing
+
+    out = root / "preset-s8"
+    argv = ["eval", str(root / "data"), "--preset", "table-s8", "--limit", "1", "--frames",
+            str(FRAMES), "--max-new-tokens", "2", "--model", "tiny-llava-ov", "--store",
+            str(root / "store"), "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    table = [line.split("\t") for line in captured.out.splitlines()]
+    assert table[0][:3] == ["Method", "λ", "VideoMME"]
+    assert [row[:2] for row in table[1:7]] == [
+        ["Vanilla", "-"], ["Ours", "0"], ["Ours", "0.25"], ["Ours", "0.5"], ["Ours", "0.75"],
+        ["Ours", "1"]
+    ]  # fmt: skip
+    # one question (about red.mp4): the full set is the sweep's above, ours at 2% is new
+    assert "token sets: 1 reused from the store, 1 indexed" in captured.err
+    report = (out / "report.md").read_text()
+    assert report.startswith("# Table S8: lambda") and "preset table-s8:" in report
+    assert "K given on 28 layers, scaled to this model's 4" in report
+
+    assert main([*argv, "--lam", "0.3"]) == 2
+    assert "--lam do not combine with --preset" in capsys.readouterr().err
+    assert main([*argv[:2], "--preset", "table-s9"]) == 2
+    assert main([*argv, "--benchmarks", "mvbench"]) == 2  # no MVBench folder under DATA
