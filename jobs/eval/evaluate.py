@@ -42,7 +42,7 @@ import math
 import os
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -304,7 +304,7 @@ def ask_sweep(
     settings: EvalSettings,
     progress: Callable[[str], None] = lambda message: None,
     *,
-    done: frozenset[tuple[str, str, str]] | set[tuple[str, str, str]] = frozenset(),
+    done: Container[tuple[str, str, str]] = frozenset(),
     record: Callable[[list[Prediction]], None] = lambda predictions: None,
 ) -> list[Prediction]:
     """Every question not in `done` (row key, benchmark, question id) under every sweep row;
@@ -319,7 +319,8 @@ def ask_sweep(
         ]
         todo = [b for b in todo if b]
         total = sum(len(b) for b in todo)
-        progress(f"[{n}/{len(entries)}] {entry.label} {entry.retention}: {total} questions")
+        name = f"{entry.label} {entry.setting or entry.retention}"
+        progress(f"[{n}/{len(entries)}] {name}: {total} questions")
         answered = 0
         for batch in todo:
             generation = generation_for(batch[0].benchmark, settings.max_new_tokens)
