@@ -312,9 +312,18 @@ def default_merge_layer(num_layers: int, method: str = "text_aware") -> int:
     layer sees the merged sequence, and FastV/HoliTom have a layer K - 1 to rank with (a 4-layer
     test model merges at 3 and runs FastV at 1; a 24-layer one at 15 and 2). The service, the
     evaluator and the visualiser all take this default."""
-    if not isinstance(num_layers, int) or num_layers < 2:
-        raise ValueError(f"a merge inside the LLM needs at least 2 layers, got {num_layers!r}")
     if method not in PUBLISHED_MERGE_LAYERS:
         raise ValueError(f"no merge layer for inner method {method!r}")
-    published = PUBLISHED_MERGE_LAYERS[method]
-    return min(num_layers - 1, max(1, round(published * num_layers / PAPER_LAYERS)))
+    return scaled_layer(PUBLISHED_MERGE_LAYERS[method], num_layers)
+
+
+def scaled_layer(layer_28: int, num_layers: int) -> int:
+    """A layer K given on the paper's 28-layer LLM, at the same relative depth of a model of
+    `num_layers` layers (round(K_28 * L / 28)), within [1, num_layers - 1]: the rule
+    `default_merge_layer` applies to each method's published K, for any K (the evaluator's
+    presets give their K on 28 layers)."""
+    if not isinstance(layer_28, int) or not 0 <= layer_28 < PAPER_LAYERS:
+        raise ValueError(f"a layer of the 28-layer LLM lies in [0, 27], got {layer_28!r}")
+    if not isinstance(num_layers, int) or num_layers < 2:
+        raise ValueError(f"a merge inside the LLM needs at least 2 layers, got {num_layers!r}")
+    return min(num_layers - 1, max(1, round(layer_28 * num_layers / PAPER_LAYERS)))

@@ -20,8 +20,9 @@ row and Table S2's "Ours 2%/1%" row hold the same numbers, so Tables S5 and S8 v
 its in-LLM merge at 2%; Table S6's tau = 0.7 row and Table S7's ratio 0.3 row hold Table S2's
 "Ours (w/o M) 2%" numbers, so Tables S6 and S7 vary the outer stage alone at 2%.
 
-K is given on the paper's 28-layer LLM and scaled to the model's depth (`sweep.scaled_layer`);
-the setting column shows "21→3" when a smaller model moves it.
+K is given on the paper's 28-layer LLM and scaled to the model's depth
+(`compression.config.scaled_layer`); the setting column shows "21→3" when a smaller model moves
+it.
 """
 
 from __future__ import annotations
@@ -30,14 +31,13 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from compression.config import CompressionConfig, MergeConfig, default_merge_layer
+from compression.config import CompressionConfig, MergeConfig, default_merge_layer, scaled_layer
 from jobs.eval.sweep import (
     SweepEntry,
     build_sweep,
     check_unique_keys,
     outer_config,
     percent,
-    scaled_layer,
 )
 
 MULTIPLE_CHOICE = ("mvbench", "egoschema", "mlvu", "longvideobench", "videomme")

@@ -26,7 +26,7 @@ Decisions the docs leave open:
   merge layer instead of silently skipping it). FastV runs at its OWN K (its "after layer 2",
   the setting of Table S2's FastV rows), not at ours: at K = 18 a FastV row costs 65-68% of the
   full model's FLOPs (Eq. S3, LLaVA-OV-7B, r = 1%..10%), at K = 2 9-16%. A preset's K of 28
-  layers (Table S5, Fig. S1) is scaled by the same rule (`scaled_layer`).
+  layers (Table S5, Fig. S1) is scaled by the same rule (`compression.config.scaled_layer`).
 * HoliTom is its two stages with HoliTom's own defaults: the outer `holitom` token set at r, and
   the inner `holitom` merge at its K keeping 50% (its LLaVA-OV-7B scripts: HOLITOM_k=18,
   HOLITOM_r=0.5), labelled r/(r/2) as in Table S2. `--merge-layer`, `--keep-ratio`, `--lam` and
@@ -91,16 +91,6 @@ PAPER_RATIOS: tuple[float, ...] = (0.15, 0.10, 0.05, 0.02, 0.01)
 def percent(ratio: float) -> str:
     """0.02 -> "2%", 0.075 -> "7.5%", 0.005 -> "0.5%"."""
     return f"{100 * ratio:.6g}%"
-
-
-def scaled_layer(layer_28: int, num_layers: int) -> int:
-    """A layer K given on the paper's 28-layer LLM, at the same relative depth of a model of
-    `num_layers` layers, within [1, num_layers - 1]: `default_merge_layer`'s rule for any K."""
-    if not isinstance(layer_28, int) or not 0 <= layer_28 < PAPER_LAYERS:
-        raise ValueError(f"a layer of the 28-layer LLM lies in [0, 27], got {layer_28!r}")
-    if not isinstance(num_layers, int) or num_layers < 2:
-        raise ValueError(f"a merge inside the LLM needs at least 2 layers, got {num_layers!r}")
-    return min(num_layers - 1, max(1, round(layer_28 * num_layers / PAPER_LAYERS)))
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from compression.config import CompressionConfig, MergeConfig, default_merge_layer
+from compression.config import CompressionConfig, MergeConfig, default_merge_layer, scaled_layer
 from compression.models import Answer
 from jobs.eval.benchmarks import Benchmark, MultipleChoiceItem
 from jobs.eval.evaluate import predictions_for, summarise
-from jobs.eval.sweep import SWEEP_METHODS, build_sweep, percent, scaled_layer
+from jobs.eval.sweep import SWEEP_METHODS, build_sweep, percent
 
 
 def test_sweep_rows_labels_and_shared_token_sets() -> None:
