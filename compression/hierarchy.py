@@ -138,8 +138,9 @@ class _Union:
     """The rows of token sets in time order, with t re-based to the union's grid steps.
 
     tokens [U, d], scores [U] float32, size / kind [U] int64, index [U, 3] int64 (t, h, w) in
-    the union grid; row i of the union is concatenated row `position[i]`; `grid` = (sum T, H, W);
-    `represented` = the original tokens the inputs stand for.
+    the union grid; `union_row[p]`: the union row of row p of the inputs concatenated (row j of
+    input i is p = row_offsets[i] + j); `grid` = (sum T, H, W); `represented` = the original
+    tokens the inputs stand for.
     """
 
     def __init__(self, ordered: list[TokenSet]) -> None:

@@ -486,3 +486,17 @@ def test_agreement_with_the_flat_pool(count: int, chunk_factor: int, record_prop
     if count == 1 and chunk_factor == 1:
         assert figures == {"positions": 1.0, "selected": 1.0, "sources": 1.0}
         assert_identical(dataclasses.replace(pooled, config=flat.config), flat)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    video = video_like()
+    config = CompressionConfig(retention_ratio=0.02)
+    sets = [compress_video(c, CompressionConfig(retention_ratio=0.08)) for c in chunks_of(video, 4)]
+    on_cpu = pool_token_sets(sets, config)
+    on_gpu = pool_token_sets([s.to("cuda") for s in sets], config).to("cpu")
+    for name in ("index", "kind", "size", "assignment"):
+        assert torch.equal(getattr(on_cpu, name), getattr(on_gpu, name)), name
+    assert torch.allclose(on_cpu.tokens, on_gpu.tokens, atol=1e-5)
+    assert torch.allclose(on_cpu.scores, on_gpu.scores, atol=1e-6)
