@@ -3,6 +3,15 @@
 An outer method (the paper's or a baseline) reads a `VideoTokens` and returns `KeptTokens`: the
 rows it keeps, how each was made and which original tokens each one stands for. `to_token_set`
 then sorts them into original order and fills the `TokenSet` columns, the same way for all.
+
+Decision (issue 14): a kept token's contribution score (`TokenSet.scores`) is the mean score of
+the original tokens it stands for (its `assignment` members), for every method. A selected token
+keeps its own score; a cluster or merged token gets its members' mean, not its centre's score nor
+their max: when token sets are pooled again, the global retention pool visits tokens by this
+score, and a cluster of recycled (redundant or low-contribution) tokens should come after the
+tokens the pool selected, as it does in the flat method, instead of competing with them on the
+strength of one high-scoring member it happens to hold. The mean is also the same at every level:
+the size-weighted mean of the means is the mean over all the originals (`compression.hierarchy`).
 """
 
 from __future__ import annotations
@@ -127,6 +136,8 @@ def to_token_set(video: VideoTokens, kept: KeptTokens, config: CompressionConfig
     # -1 (dropped) stays -1: look it up through a trailing -1 entry.
     lookup = torch.cat([new_row, new_row.new_full((1,), -1)])
     assignment = lookup[torch.where(kept.assignment >= 0, kept.assignment, order.numel())]
+    members = torch.nonzero(assignment >= 0).flatten()
+    scores, _ = mean_by_group(video.scores[members, None], assignment[members], order.numel())
     return TokenSet(
         tokens=kept.values[order],
         index=video.grid_index[kept.origin[order]].to(INDEX_DTYPE),
@@ -135,18 +146,37 @@ def to_token_set(video: VideoTokens, kept: KeptTokens, config: CompressionConfig
         grid=video.grid,
         config=config,
         assignment=assignment.to(INDEX_DTYPE),
+        scores=scores.flatten(),
     )
 
 
 def mean_by_group(
-    tokens: torch.Tensor, labels: torch.Tensor, num_groups: int
+    tokens: torch.Tensor,
+    labels: torch.Tensor,
+    num_groups: int,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(plain mean of each group's rows, in float32 then cast to the input dtype; member counts).
+    """(mean of each group's rows, in float32 then cast to the input dtype; member counts, or
+    with `weights` the groups' total weights).
 
     labels: [R] int64 group of each row of tokens [R, d], every group in 0..num_groups-1
-    non-empty.
+    non-empty. weights: [R] positive integers (the sizes of tokens that stand for several
+    originals) for the weighted mean sum(w x) / sum(w); None: the plain mean. With weights, a
+    group of one row is that row, bit for bit (in float32, (w x) / w is not always x); with all
+    weights 1 the result is the plain mean's, bit for bit (x * 1 and the division are the same
+    operations in the same order).
     """
+    x = tokens.float()
+    counts = torch.bincount(labels, minlength=num_groups)
+    totals = counts
+    if weights is not None:
+        totals = torch.zeros(num_groups, dtype=torch.long, device=tokens.device)
+        totals.index_add_(0, labels, weights.long())
     sums = torch.zeros(num_groups, tokens.shape[1], dtype=torch.float32, device=tokens.device)
-    sums.index_add_(0, labels, tokens.float())
-    sizes = torch.bincount(labels, minlength=num_groups)
-    return (sums / sizes.unsqueeze(1).to(torch.float32)).to(tokens.dtype), sizes
+    sums.index_add_(0, labels, x if weights is None else x * weights.to(x.dtype).unsqueeze(1))
+    means = sums / totals.unsqueeze(1).to(torch.float32)
+    if weights is not None:
+        only = torch.zeros(num_groups, dtype=torch.long, device=tokens.device)
+        only.scatter_(0, labels, torch.arange(labels.numel(), device=tokens.device))
+        means = torch.where((counts == 1).unsqueeze(1), x[only], means)  # `only`: if one member
+    return means.to(tokens.dtype), totals

@@ -43,7 +43,7 @@ def compress(
     """
     video = VideoTokens.from_inputs(tokens, scores, grid_index, grid)
     if config.method == "ours":
-        kept = _pool_and_clusters(video, config)
+        kept = pool_and_clusters(video, config)
     else:
         kept = run_baseline(video, config)
     return to_token_set(video, kept, config)
@@ -72,10 +72,19 @@ def compress_batch(
     return [compress_video(video, config) for video in videos]
 
 
-def _pool_and_clusters(video: VideoTokens, config: CompressionConfig) -> KeptTokens:
-    """The paper's outer stage on validated tokens (METHOD.md sections 2 and 3)."""
-    budget = config.budget(video.count)
-    capacity, _ = config.split_budget(video.count)
+def pool_and_clusters(
+    video: VideoTokens, config: CompressionConfig, represented: int | None = None
+) -> KeptTokens:
+    """The paper's outer stage on validated tokens (METHOD.md sections 2 and 3).
+
+    represented: how many original tokens the rows stand for (default: one each, the flat
+    stage); the budget M and its split are those of `represented`, M capped at the row count.
+    The hierarchical pool (`compression.hierarchy`) runs this same selection on the union of
+    token sets, then recomputes sizes and means with the rows' sizes as weights.
+    """
+    represented = video.count if represented is None else represented
+    budget = min(config.budget(represented), video.count)
+    capacity, _ = config.split_budget(represented)
     pool = retention_pool(video.tokens, video.scores, capacity, config.tau)
     device = pool.device
     in_pool = torch.zeros(video.count, dtype=torch.bool, device=device)

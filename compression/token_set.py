@@ -65,6 +65,7 @@ class TokenKind(IntEnum):
 INDEX_DTYPE = torch.int32
 KIND_DTYPE = torch.int8
 SIZE_DTYPE = torch.int32
+SCORE_DTYPE = torch.float32
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _FLOAT_DTYPES_BY_NAME = {str(d).removeprefix("torch."): d for d in FLOAT_DTYPES}
 
@@ -81,6 +82,11 @@ class TokenSet:
     grid: (T, H, W), the shape of the video's full token grid; N = T * H * W.
     assignment: [N] int32 or None; for each original token (in original order) the row of
         `tokens` that represents it, or -1 when it was dropped (lets a viewer draw each fate).
+    scores: [M] float32 or None; the contribution score of each kept token: the mean
+        contribution score (METHOD.md section 1) of the original tokens it stands for, so a
+        selected token keeps its own score and a cluster or merged token gets its members' mean
+        (whatever the outer method). The global retention pool orders by it when token sets are
+        pooled again (`compression.hierarchy`). None for token sets made before it was kept.
     frame_timestamps: seconds of each sampled frame in the source video.
     extras: small model-specific scalars a plug-in needs to answer later (e.g. Qwen2.5-VL's
         seconds per temporal grid step); plain str/int/float values only.
@@ -93,6 +99,7 @@ class TokenSet:
     grid: tuple[int, int, int]
     config: CompressionConfig = field(default_factory=CompressionConfig)
     assignment: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
     model_id: str = ""
     video_id: str = ""
     source_uri: str = ""
@@ -129,11 +136,8 @@ class TokenSet:
     @property
     def nbytes(self) -> int:
         """Bytes of the tensors (what a cache of token sets holds in memory)."""
-        total = sum(t.numel() * t.element_size() for t in (self.tokens, self.index, self.kind))
-        total += self.size.numel() * self.size.element_size()
-        if self.assignment is not None:
-            total += self.assignment.numel() * self.assignment.element_size()
-        return total
+        tensors = (self.tokens, self.index, self.kind, self.size, self.assignment, self.scores)
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     # -- checks ---------------------------------------------------------------------------
     def validate(self) -> None:
@@ -157,6 +161,8 @@ class TokenSet:
         }
         if self.assignment is not None:
             expected["assignment"] = (self.assignment, (self.original_count,), INDEX_DTYPE)
+        if self.scores is not None:
+            expected["scores"] = (self.scores, (m,), SCORE_DTYPE)
         for name, (tensor, shape, dtype) in expected.items():
             if tuple(tensor.shape) != shape or tensor.dtype != dtype:
                 raise ValueError(
@@ -171,6 +177,8 @@ class TokenSet:
         a = self.assignment
         if a is not None and (a.min() < -1 or a.max() >= m):
             raise ValueError(f"assignment entries must be -1 (dropped) or rows 0..{m - 1}")
+        if self.scores is not None and not bool(torch.isfinite(self.scores).all()):
+            raise ValueError("scores contain NaN or infinite values")
         kinds = {int(k) for k in self.kind.unique().tolist()}
         if not kinds <= {k.value for k in TokenKind}:
             raise ValueError(f"unknown token kinds {sorted(kinds)}")
@@ -188,13 +196,15 @@ class TokenSet:
             "kind": self.kind.to(device),
             "size": self.size.to(device),
         }
-        if self.assignment is not None:
-            moved["assignment"] = self.assignment.to(device)
+        for name in ("assignment", "scores"):
+            value = getattr(self, name)
+            if value is not None:
+                moved[name] = value.to(device)
         return dataclasses.replace(self, **moved)
 
     def with_metadata(self, **metadata: object) -> TokenSet:
         """A copy with metadata fields (model_id, video_id, source_uri, ...) filled in."""
-        tensors = {"tokens", "index", "kind", "size", "assignment", "grid", "config"}
+        tensors = {"tokens", "index", "kind", "size", "assignment", "scores", "grid", "config"}
         bad = tensors & set(metadata)
         if bad:
             raise ValueError(f"with_metadata sets metadata only, not {sorted(bad)}")
@@ -204,10 +214,11 @@ class TokenSet:
     def to_columns(self) -> dict[str, Any]:
         """The token set as plain values (numpy arrays, str): what a Ray Data or Arrow row holds
         without pickling a Python object. The tokens are their raw bytes ([M, d * itemsize]
-        uint8: bit-exact for every float width, bf16 included); a missing assignment is an
-        empty array (a grid always has at least one cell). `from_columns` inverts it."""
+        uint8: bit-exact for every float width, bf16 included); a missing assignment or scores
+        is an empty array (a grid always has at least one cell, a token set at least one token).
+        `from_columns` inverts it."""
         tokens = self.tokens.detach().cpu().contiguous()
-        assignment = self.assignment
+        assignment, scores = self.assignment, self.scores
         return {
             "tokens": tokens.view(torch.uint8).numpy(),
             "dtype": str(tokens.dtype).removeprefix("torch."),
@@ -215,6 +226,7 @@ class TokenSet:
             "kind": self.kind.cpu().numpy(),
             "size": self.size.cpu().numpy(),
             "assignment": np.zeros(0, np.int32) if assignment is None else assignment.cpu().numpy(),
+            "scores": np.zeros(0, np.float32) if scores is None else scores.cpu().numpy(),
             "grid": np.asarray(self.grid, np.int64),
             "config_json": json.dumps(self.config.to_dict(), sort_keys=True),
             "model_id": self.model_id,
@@ -227,12 +239,14 @@ class TokenSet:
 
     @classmethod
     def from_columns(cls, columns: dict[str, Any]) -> TokenSet:
-        """The token set `to_columns` gave (validated like any other)."""
+        """The token set `to_columns` gave (validated like any other); columns without "scores"
+        (written before it existed) give scores None."""
         dtype = _FLOAT_DTYPES_BY_NAME.get(str(columns["dtype"]))
         if dtype is None:
             raise ValueError(f"unknown token dtype {columns['dtype']!r}")
         raw = torch.from_numpy(np.ascontiguousarray(columns["tokens"], dtype=np.uint8))
         assignment = np.asarray(columns["assignment"], np.int32)
+        scores = np.asarray(columns.get("scores", ()), np.float32)
         return cls(
             tokens=raw.view(dtype),
             index=torch.from_numpy(np.asarray(columns["index"], np.int32).reshape(-1, 3)),
@@ -241,6 +255,7 @@ class TokenSet:
             grid=tuple(int(g) for g in columns["grid"]),
             config=CompressionConfig.from_dict(json.loads(columns["config_json"])),
             assignment=torch.from_numpy(assignment) if assignment.size else None,
+            scores=torch.from_numpy(scores) if scores.size else None,
             model_id=str(columns["model_id"]),
             video_id=str(columns["video_id"]),
             source_uri=str(columns["source_uri"]),

@@ -13,8 +13,14 @@ metadata ``tokenreel.schema_version``). Only plain typed columns, nothing execut
     hidden_size int32, dtype string ("float32" | "bfloat16" | "float16"), grid list<int32> (T,H,W);
     tokens binary: the raw little-endian bytes of the row-major [kept, hidden] tensor;
     index list<int32>: [kept, 3] row-major (t, h, w); kind list<int8>; size list<int32>;
-    assignment list<int32> (null when the token set has none); extras_json string;
-    payload_crc32 int64: CRC-32 of the bytes of tokens, index, kind, size, assignment (in order).
+    assignment list<int32> (null when the token set has none); scores list<float32> (each kept
+    token's contribution score; null when the token set has none); extras_json string;
+    payload_crc32 int64: CRC-32 of the bytes of tokens, index, kind, size, assignment, scores (in
+    order; a null column adds nothing).
+
+Versions. 2 added `scores` (issue 14: pooling token sets again orders by them). The reader reads
+both: a version-1 row group (no `scores` column) loads with scores None, checked exactly as
+before (same schema, same payload CRC over the same columns). Writes are always version 2.
 
 Checksums. Every byte a load reads is covered: `TokenSetLocation.crc32` is the CRC-32 of the row
 group's bytes followed by its footer, computed at write time from the standalone encoding and kept
@@ -77,7 +83,7 @@ from storage.urls import TOKEN_DIR, filesystem_for, is_local, normalize_store_ur
 if sys.byteorder != "little":  # the token bytes are stored little-endian, as torch holds them here
     raise ImportError("storage.token_files supports little-endian machines only")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA_VERSION_KEY = "tokenreel.schema_version"
 PARQUET_MAGIC = b"PAR1"
 
@@ -114,10 +120,13 @@ SCHEMA = pa.schema(
         pa.field("kind", _list(pa.int8()), nullable=False),
         pa.field("size", _list(pa.int32()), nullable=False),
         pa.field("assignment", _list(pa.int32()), nullable=True),
+        pa.field("scores", _list(pa.float32()), nullable=True),
         pa.field("extras_json", pa.string(), nullable=False),
         pa.field("payload_crc32", pa.int64(), nullable=False),
     ]
 )
+# The schema of each version this reader reads: version 1 is version 2 without `scores`.
+SCHEMAS = {1: SCHEMA.remove(SCHEMA.get_field_index("scores")), SCHEMA_VERSION: SCHEMA}
 
 # One set of writer settings for the file and for the standalone encodings whose footers the
 # locations carry: the column chunks must come out byte-identical in both.
@@ -338,6 +347,7 @@ def _to_table(ts: TokenSet) -> pa.Table:
         ts.kind.cpu().numpy(),
         ts.size.cpu().numpy(),
         None if ts.assignment is None else ts.assignment.cpu().numpy(),
+        None if ts.scores is None else ts.scores.cpu().numpy(),
     )
     row = {
         "schema_version": SCHEMA_VERSION,
@@ -361,7 +371,7 @@ def _to_table(ts: TokenSet) -> pa.Table:
     )
     columns["grid"] = _one_list(np.asarray(ts.grid, np.int32), "grid")
     columns["tokens"] = pa.array([arrays["tokens"].tobytes()], pa.binary())
-    for name in ("index", "kind", "size", "assignment"):
+    for name in ("index", "kind", "size", "assignment", "scores"):
         columns[name] = _one_list(arrays[name], name)
     return pa.table([columns[name] for name in SCHEMA.names], schema=SCHEMA)
 
@@ -381,8 +391,17 @@ def _payload_arrays(
     kind: np.ndarray,
     size: np.ndarray,
     assignment: np.ndarray | None,
+    scores: np.ndarray | None,
 ) -> dict[str, np.ndarray | None]:
-    return {"tokens": tokens, "index": index, "kind": kind, "size": size, "assignment": assignment}
+    """The payload columns in checksum order (a version-1 row has no scores: None)."""
+    return {
+        "tokens": tokens,
+        "index": index,
+        "kind": kind,
+        "size": size,
+        "assignment": assignment,
+        "scores": scores,
+    }
 
 
 def _crc32(arrays: Collection[np.ndarray | None]) -> int:
@@ -427,8 +446,8 @@ def read_token_set(
         )
     try:
         # The range CRC covers the payload's bytes too: the payload CRC would only repeat it.
-        table = _decode_row_group(data, location)
-        token_set = _from_table(table, url, check_payload=location.crc32 is None)
+        table, version = _decode_row_group(data, location)
+        token_set = _from_table(table, version, url, check_payload=location.crc32 is None)
     except TokenSetReadError:
         raise
     except _DECODE_ERRORS as exc:
@@ -479,34 +498,38 @@ def _read_range(location: TokenSetLocation) -> bytes:
     return data
 
 
-def _decode_row_group(data: bytes, location: TokenSetLocation) -> pa.Table:
-    """The one-row table of SCHEMA in `data`, stitched between magic and the location's footer."""
+def _decode_row_group(data: bytes, location: TokenSetLocation) -> tuple[pa.Table, int]:
+    """(the one-row table in `data`, stitched between magic and the location's footer; its
+    schema version, one of `SCHEMAS`)."""
     url = location.file_url
     footer_length = len(location.footer).to_bytes(4, "little")
     standalone = b"".join((PARQUET_MAGIC, data, location.footer, footer_length, PARQUET_MAGIC))
     table = pq.ParquetFile(pa.BufferReader(standalone)).read(use_threads=False)
-    if table.num_rows != 1 or not table.schema.equals(SCHEMA, check_metadata=False):
-        raise TokenSetReadError(
-            url, f"row group {location.row_group} is not one token set of schema v{SCHEMA_VERSION}"
-        )
-    version = table.schema.metadata and table.schema.metadata.get(SCHEMA_VERSION_KEY.encode())
-    if version != str(SCHEMA_VERSION).encode():
+    stamp = table.schema.metadata and table.schema.metadata.get(SCHEMA_VERSION_KEY.encode())
+    version = next((v for v in SCHEMAS if stamp == str(v).encode()), None)
+    if version is None:
         raise TokenSetReadError(
             url,
-            f"schema version {version!r} in the file metadata; this reader reads {SCHEMA_VERSION}",
+            f"schema version {stamp!r} in the file metadata; this reader reads versions "
+            f"{', '.join(map(str, SCHEMAS))}",
         )
-    return table
+    if table.num_rows != 1 or not table.schema.equals(SCHEMAS[version], check_metadata=False):
+        raise TokenSetReadError(
+            url, f"row group {location.row_group} is not one token set of schema v{version}"
+        )
+    return table, version
 
 
-def _from_table(table: pa.Table, url: str, *, check_payload: bool = True) -> TokenSet:
-    """The TokenSet in a one-row table of SCHEMA, every invariant checked (the payload CRC-32
-    when `check_payload`)."""
+def _from_table(table: pa.Table, version: int, url: str, *, check_payload: bool = True) -> TokenSet:
+    """The TokenSet in a one-row table of `SCHEMAS[version]`, every invariant checked (the
+    payload CRC-32 when `check_payload`)."""
+    schema = SCHEMAS[version]
     scalars = {
         name: table.column(name)[0].as_py()
-        for name in SCHEMA.names
-        if not pa.types.is_list(SCHEMA.field(name).type) and name != "tokens"
+        for name in schema.names
+        if not pa.types.is_list(schema.field(name).type) and name != "tokens"
     }
-    if scalars["schema_version"] != SCHEMA_VERSION:
+    if scalars["schema_version"] != version:
         raise TokenSetReadError(url, f"schema version column is {scalars['schema_version']}")
     dtype = _DTYPES_BY_NAME.get(scalars["dtype"])
     if dtype is None:
@@ -520,6 +543,7 @@ def _from_table(table: pa.Table, url: str, *, check_payload: bool = True) -> Tok
         _list_values(table, "kind"),
         _list_values(table, "size"),
         _list_values(table, "assignment"),
+        _list_values(table, "scores") if "scores" in schema.names else None,
     )
     expected_lengths = {
         "tokens": kept * hidden * dtype.itemsize,
@@ -527,6 +551,7 @@ def _from_table(table: pa.Table, url: str, *, check_payload: bool = True) -> Tok
         "kind": kept,
         "size": kept,
         "assignment": scalars["original_count"],
+        "scores": kept,
     }
     for name, length in expected_lengths.items():
         if arrays[name] is not None and len(arrays[name]) != length:
@@ -549,7 +574,7 @@ def _from_table(table: pa.Table, url: str, *, check_payload: bool = True) -> Tok
             raise ValueError(
                 f"stored config hashes to {config.stable_hash()}, not {scalars['config_hash']}"
             )
-        assignment = arrays["assignment"]
+        assignment, scores = arrays["assignment"], arrays["scores"]
         return TokenSet(
             tokens=torch.from_numpy(arrays["tokens"].copy()).view(dtype).reshape(kept, hidden),
             index=torch.from_numpy(arrays["index"].astype(np.int32)).reshape(kept, 3),
@@ -560,6 +585,7 @@ def _from_table(table: pa.Table, url: str, *, check_payload: bool = True) -> Tok
             assignment=None
             if assignment is None
             else torch.from_numpy(assignment.astype(np.int32)),
+            scores=None if scores is None else torch.from_numpy(scores.astype(np.float32)),
             model_id=scalars["model_id"],
             video_id=validate_video_id(scalars["video_id"]),
             source_uri=scalars["source_uri"],

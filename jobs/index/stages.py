@@ -118,6 +118,7 @@ _NO_TOKEN_SET: dict[str, Any] = {
     "kind": np.zeros(0, np.int8),
     "size": np.zeros(0, np.int32),
     "assignment": np.zeros(0, np.int32),
+    "scores": np.zeros(0, np.float32),
     "grid": np.zeros(0, np.int64),
     "config_json": "",
     "model_id": "",

@@ -112,7 +112,8 @@ def compress_ours(
     k: int,
 ) -> dict[str, list]:
     """The paper's outer stage on tokens in original order: per kept token (in original order)
-    its origin, kind (0 selected, 1 cluster), size and value; and every token's assignment."""
+    its origin, kind (0 selected, 1 cluster), size, value and score (its members' mean score);
+    and every token's assignment."""
     pool = retention_pool(tokens, scores, capacity, tau)
     recycled = [i for i in range(len(tokens)) if i not in pool]
     kept: list[tuple[int, int, int, Vector, list[int]]] = [(i, 0, 1, tokens[i], [i]) for i in pool]
@@ -134,6 +135,7 @@ def compress_ours(
         "kind": [k_[1] for k_ in kept],
         "size": [k_[2] for k_ in kept],
         "tokens": [k_[3] for k_ in kept],
+        "scores": [sum(scores[m] for m in k_[4]) / len(k_[4]) for k_ in kept],
         "assignment": assignment,
     }
 

@@ -18,6 +18,7 @@ from compression import (
     compress_video,
 )
 from compression.baselines import frame_budgets
+from compression.config import OUTER_METHODS
 from compression.token_set import EncodedVideo
 
 
@@ -87,6 +88,9 @@ def test_matches_reference(
     assert torch.equal(
         token_set.tokens, torch.tensor(expected["tokens"], dtype=torch.float64).float()
     )
+    assert torch.equal(
+        token_set.scores, torch.tensor(expected["scores"], dtype=torch.float64).float()
+    )
 
 
 @pytest.mark.parametrize("ratio", [0.005, 0.02, 0.1, 0.3, 0.999])
@@ -107,6 +111,28 @@ def test_properties(ratio: float):
     assert token_set.config == config and token_set.grid == (6, 7, 7)
 
 
+@pytest.mark.parametrize("method", OUTER_METHODS)
+def test_scores_are_the_mean_score_of_what_each_token_stands_for(method: str):
+    """Issue 14: every method stores a contribution score per kept token: a token standing for
+    one original keeps that original's score exactly, any other the mean of its members'."""
+    tokens, scores, index = random_video()
+    token_set = compress(
+        tokens, scores, index, CompressionConfig(retention_ratio=0.1, method=method)
+    )
+    assert token_set.scores.dtype == torch.float32 and token_set.scores.shape == (
+        token_set.kept_count,
+    )
+    for row in range(token_set.kept_count):
+        members = scores[token_set.assignment == row]
+        if members.numel() == 1:
+            assert token_set.scores[row] == members[0]
+        else:
+            assert torch.isclose(token_set.scores[row], members.double().mean().float())
+    if method == "ours":  # a cluster of recycled tokens ranks below the pool, as the pool saw it
+        selected = token_set.kind == TokenKind.SELECTED
+        assert token_set.scores[~selected].mean() < token_set.scores[selected].mean()
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_tokens(dtype: torch.dtype):
     tokens, scores, index = random_video(dtype=dtype)
@@ -120,7 +146,7 @@ def test_deterministic_bitwise():
     scores = (scores * 4).round()  # many ties
     first = compress(tokens, scores, index, CompressionConfig(retention_ratio=0.05))
     second = compress(tokens.clone(), scores.clone(), index.clone(), first.config)
-    for name in ("tokens", "index", "kind", "size", "assignment"):
+    for name in ("tokens", "index", "kind", "size", "assignment", "scores"):
         assert torch.equal(getattr(first, name), getattr(second, name))
 
 

@@ -18,12 +18,15 @@ def make_token_set(
     hidden: int = 16,
     grid: tuple[int, int, int] = (4, 3, 3),
     with_assignment: bool = True,
+    with_scores: bool = True,
     model_id: str = "test-model",
     config: CompressionConfig | None = None,
     uri: str | None = None,
 ) -> TokenSet:
     """A valid TokenSet with random tokens; bf16/fp16 tokens include NaN, inf and -0.0 so a
-    round trip that converts floats anywhere would not be bit-exact."""
+    round trip that converts floats anywhere would not be bit-exact (scores, finite by rule,
+    include -0.0 and a subnormal). The scores are drawn last: without them the token set is the
+    one this function made before scores existed (the version-1 file in data/ was written so)."""
     g = torch.Generator().manual_seed(seed)
     n = math.prod(grid)
     flat = torch.randperm(n, generator=g)[:kept].sort().values
@@ -36,14 +39,21 @@ def make_token_set(
     if with_assignment:
         assignment = torch.randint(-1, kept, (n,), generator=g, dtype=torch.int32)
     uri = uri or f"s3://videos/clip-{seed}.mp4"
+    kind = torch.randint(0, 2, (kept,), generator=g, dtype=torch.int8)
+    size = torch.randint(1, 5, (kept,), generator=g, dtype=torch.int32)
+    scores = None
+    if with_scores:
+        scores = torch.rand(kept, generator=g)
+        scores[: min(kept, 2)] = torch.tensor([-0.0, 1e-40])[: min(kept, 2)]
     return TokenSet(
         tokens=tokens,
         index=index,
-        kind=torch.randint(0, 2, (kept,), generator=g, dtype=torch.int8),
-        size=torch.randint(1, 5, (kept,), generator=g, dtype=torch.int32),
+        kind=kind,
+        size=size,
         grid=grid,
         config=config or CompressionConfig(),
         assignment=assignment,
+        scores=scores,
         model_id=model_id,
         source_uri=uri,
         content_hash=f"sha256:{seed:064x}",
@@ -61,9 +71,11 @@ def assert_same_token_set(a: TokenSet, b: TokenSet) -> None:
     for name in ("index", "kind", "size"):
         x, y = getattr(a, name), getattr(b, name)
         assert x.dtype == y.dtype and torch.equal(x, y), name
-    assert (a.assignment is None) == (b.assignment is None)
-    if a.assignment is not None:
-        assert torch.equal(a.assignment, b.assignment)
+    for name in ("assignment", "scores"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert (x is None) == (y is None), name
+        if x is not None:
+            assert x.dtype == y.dtype and torch.equal(x.view(torch.int32), y.view(torch.int32))
     for name in (
         "grid",
         "config",

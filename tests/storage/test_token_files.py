@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -22,6 +25,7 @@ from storage.token_files import (
 from storage.urls import filesystem_for
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+DATA = Path(__file__).parent / "data"
 
 
 class CountingFileSystem:
@@ -62,11 +66,12 @@ def test_round_trip_local_is_bit_exact(tmp_path, dtype: torch.dtype) -> None:
     sets = [
         make_token_set(0, dtype=dtype),
         make_token_set(1, dtype=dtype, with_assignment=False, kept=1, hidden=3),
+        make_token_set(3, dtype=dtype, with_scores=False),
         make_token_set(2, dtype=dtype, config=CompressionConfig(retention_ratio=0.1, tau=0.5)),
     ]
     locations = write_token_sets(str(tmp_path), sets)
     assert len({loc.file_url for loc in locations}) == 1
-    assert [loc.row_group for loc in locations] == [0, 1, 2]
+    assert [loc.row_group for loc in locations] == [0, 1, 2, 3]
     for original, location in zip(sets, locations, strict=True):
         assert location.video_id == video_id_for(original.source_uri)
         loaded = read_token_set(
@@ -98,6 +103,8 @@ def test_file_is_plain_parquet_with_versioned_schema(tmp_path) -> None:
     assert table.column("video_id").to_pylist() == [loc.video_id for loc in locations]
     assert table.column("dtype").to_pylist() == ["bfloat16"] * 4
     assert table.column("assignment").null_count == 0
+    assert table.column("scores").type == pa.list_(pa.field("element", pa.float32(), False))
+    assert table.column("scores").null_count == 0
     # The location's range is exactly the row group's column chunks.
     group = parquet.metadata.row_group(2)
     assert locations[2].offset == min(
@@ -181,7 +188,62 @@ def test_unsupported_schema_version_is_refused(tmp_path, monkeypatch: pytest.Mon
     monkeypatch.setattr(token_files, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     (location,) = write_token_sets(str(tmp_path), [make_token_set(0)])
     monkeypatch.setattr(token_files, "SCHEMA_VERSION", SCHEMA_VERSION)
-    with pytest.raises(TokenSetReadError, match=f"schema version.*reads {SCHEMA_VERSION}"):
+    with pytest.raises(
+        TokenSetReadError,
+        match=rf"schema version b'{SCHEMA_VERSION + 1}'.*reads versions 1, {SCHEMA_VERSION}",
+    ):
+        read_token_set(location)
+
+
+# tests/storage/data/token_set_v1.parquet and its location were written by schema version 1
+# (storage/token_files.py at commit 5a6432a) with
+#     write_token_sets(store, [make_token_set(0, kept=3, hidden=4, grid=(2, 2, 2))])
+# before make_token_set drew scores, i.e. the token set make_token_set(..., with_scores=False).
+def _version_1_location() -> token_files.TokenSetLocation:
+    data = json.loads((DATA / "token_set_v1.location.json").read_text())
+    return token_files.TokenSetLocation.from_dict(
+        {**data, "file_url": str(DATA / data["file_url"])}
+    )
+
+
+def _version_1_token_set():
+    return make_token_set(0, kept=3, hidden=4, grid=(2, 2, 2), with_scores=False)
+
+
+@pytest.mark.parametrize("with_range_crc", [True, False])
+def test_version_1_files_still_read(with_range_crc: bool) -> None:
+    location = _version_1_location()
+    assert pq.ParquetFile(location.file_url).metadata.metadata[b"tokenreel.schema_version"] == b"1"
+    if not with_range_crc:  # a location recorded before the catalog held crc32
+        location = replace(location, crc32=None)
+    loaded = read_token_set(location)
+    assert loaded.scores is None
+    assert_same_token_set(_version_1_token_set(), loaded)
+
+
+def test_payload_checksum_covers_the_scores(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A location without crc32 relies on the in-row payload CRC: a row whose scores differ from
+    the ones it was computed over must not load."""
+    ts = make_token_set(0, kept=3, hidden=4, grid=(2, 2, 2))
+    table = token_files._to_table(ts)
+    other = token_files._to_table(replace(ts, scores=ts.scores + 1.0))
+    forged = table.set_column(
+        table.schema.get_field_index("scores"), "scores", other.column("scores")
+    )
+    row_group, footer = token_files._encode_alone(forged)
+    location = token_files.TokenSetLocation(
+        file_url=str(tmp_path / "forged.parquet"),
+        row_group=0,
+        offset=4,
+        length=len(row_group),
+        footer=footer,
+        video_id=table.column("video_id")[0].as_py(),
+        model_id=ts.model_id,
+        config_hash=ts.config_hash,
+        kept_count=ts.kept_count,
+    )
+    (tmp_path / "forged.parquet").write_bytes(b"PAR1" + row_group)
+    with pytest.raises(TokenSetReadError, match="payload checksum"):
         read_token_set(location)
 
 
@@ -296,11 +358,18 @@ def _serve_range(monkeypatch: pytest.MonkeyPatch, location) -> list[bytes]:
     return served
 
 
-def test_every_byte_a_load_reads_is_checksummed(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("version", [1, 2])
+def test_every_byte_a_load_reads_is_checksummed(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, version: int
+) -> None:
     """Issue 12: flip each byte of the row group's range and of the footer in turn; every load
-    must fail with TokenSetReadError: never another exception, never a different token set."""
-    ts = make_token_set(0, kept=3, hidden=4, grid=(2, 2, 2))
-    (location,) = write_token_sets(str(tmp_path), [ts])
+    must fail with TokenSetReadError: never another exception, never a different token set.
+    Version 2 (scores included) as written now, version 1 as written before."""
+    if version == 1:
+        ts, location = _version_1_token_set(), _version_1_location()
+    else:
+        ts = make_token_set(0, kept=3, hidden=4, grid=(2, 2, 2))
+        (location,) = write_token_sets(str(tmp_path), [ts])
     assert location.crc32 is not None
     served = _serve_range(monkeypatch, location)
     stored = served[0]
