@@ -197,13 +197,18 @@ class ChatVideoLLM(ABC):
             pieces.append(text)
             return _PLACEHOLDER.format(len(pieces) - 1)
 
+        # What each piece is, in `chat_messages`' order, for the error that names it.
+        names = ["the system prompt"] if question.system else []
+        names += [f"earlier turn {i + 1}" for i in range(len(question.history))]
+        names.append("the question")
+
         rendered = self.tokenizer.apply_chat_template(
             self.chat_messages(question, placeholder), add_generation_prompt=True, tokenize=False
         )
         ids: list[int] = []
         for i, part in enumerate(_PLACEHOLDER_PATTERN.split(rendered)):
             if i % 2:  # the split keeps each placeholder's number at the odd positions
-                ids += self._plain_text_ids(pieces[int(part)])
+                ids += self._plain_text_ids(pieces[int(part)], names[int(part)])
             elif part:
                 ids += self.tokenizer(part, add_special_tokens=False)["input_ids"]
         video_token = self.model.config.video_token_id
@@ -236,13 +241,13 @@ class ChatVideoLLM(ABC):
         ids.discard(tokenizer.unk_token_id)
         return frozenset(ids)
 
-    def _plain_text_ids(self, text: str) -> list[int]:
+    def _plain_text_ids(self, text: str, name: str) -> list[int]:
         ids = self._text_tokenizer.encode(text, add_special_tokens=False).ids
         reserved = sorted({i for i in ids if i in self._control_token_ids})
         if reserved:
-            names = ", ".join(repr(self.tokenizer.convert_ids_to_tokens(i)) for i in reserved)
+            tokens = ", ".join(repr(self.tokenizer.convert_ids_to_tokens(i)) for i in reserved)
             raise InvalidQuestion(
-                f"the text contains {names}, which this model's tokenizer can only read as a "
+                f"{name} contains {tokens}, which this model's tokenizer can only read as a "
                 "control token; rephrase without it"
             )
         return ids

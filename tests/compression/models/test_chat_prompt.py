@@ -96,8 +96,10 @@ def test_control_token_strings_in_user_text_are_rejected(plugin: ChatVideoLLM, w
                 NO_TOKENS, "what ?", history=(Turn("user", text), Turn("assistant", "a"))
             ),
         }[where]
-        with pytest.raises(InvalidQuestion, match="control token"):
+        named = {"question": "the question", "system": "the system prompt"}
+        with pytest.raises(InvalidQuestion, match="control token") as error:
             plugin.prompt_ids(question)
+        assert str(error.value).startswith(named.get(where, "earlier turn 1"))
 
 
 def test_words_the_vocabulary_lacks_are_plain_text(plugin: ChatVideoLLM) -> None:
