@@ -1,8 +1,9 @@
 """Request and response bodies of the HTTP API, with the limits every request is held to.
 
-Requests forbid unknown fields on tokenreel's own endpoints (a typo such as `max_new_token` is a
-422, not a silently ignored setting); the OpenAI-compatible request ignores the OpenAI fields it
-does not use, as OpenAI clients send several of them by default.
+Requests are strict: unknown fields are errors on tokenreel's own endpoints (a typo such as
+`max_new_token` is a 400, not a silently ignored setting), and values keep their JSON types
+(`"10"` or `true` is not an integer). The OpenAI-compatible request keeps OpenAI's other fields
+aside for `serving.openai_compat` to honour or reject by name, never to ignore silently.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ MAX_NEW_TOKENS = 1024
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_CHARS = 64
 MAX_MESSAGES = 16
+MAX_CONVERSATION_CHARS = 16000
 MAX_TOP_K = 1000
 MAX_LIST_LIMIT = 500
+MAX_LIST_OFFSET = 10**9
 DEFAULT_MAX_NEW_TOKENS = 64
 
 InnerMethodName = Literal["text_aware", "fastv", "none"]
@@ -38,14 +41,14 @@ def _not_blank(value: str | None) -> str | None:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class MergeSettings(_Strict):
     """Text-aware merging at decoder layer K (METHOD.md section 5); paper defaults.
 
     layer: K. Left out, it is `compression.default_merge_layer` of the model (the paper's 18 of
-    28 layers at the same relative depth); an explicit K outside [0, layers - 1] is a 422.
+    28 layers at the same relative depth); an explicit K outside [0, layers - 1] is a 400.
     """
 
     method: InnerMethodName = "text_aware"
@@ -149,11 +152,13 @@ class VideoInfo(BaseModel):
     """A video under one (model, compression config): one catalog status row."""
 
     video_id: str
-    uri: str
+    uri: str | None = Field(
+        description="the source URI; null unless the server exposes them (--expose-source-uris)"
+    )
     model_id: str
     config_hash: str
     status: Literal["pending", "indexed", "failed"]
-    error: str | None = Field(description="why indexing failed (status failed)")
+    error: str | None = Field(description="why indexing failed (status failed), paths removed")
     attempts: int = Field(description="failed indexing attempts so far")
     visual_tokens: int | None = Field(description="tokens in the stored token set (indexed)")
     indexed_at: datetime | None
@@ -189,9 +194,7 @@ class VideoPart(_Strict):
 ContentPart = Annotated[TextPart | VideoPart, Field(discriminator="type")]
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[ContentPart] | None = None
 
@@ -205,20 +208,21 @@ class ChatMessage(BaseModel):
         return value
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class StreamOptions(_Strict):
     include_usage: bool = False
 
 
 class ChatCompletionRequest(BaseModel):
-    """OpenAI's request body. Extensions: `video_id` (instead of a video part) and `merge`.
+    """OpenAI's request body. Extensions: `video_id` (instead of a video part), `merge`, and
+    vLLM's `top_k`.
 
-    Supported conversation shape (decision): optional system/developer messages and exactly one
-    user message; the model answers one question over one video, there is no chat history.
+    Conversation shape (decision): system/developer messages first, then user and assistant
+    messages alternating, starting and ending with a user message; the video belongs to the
+    first user message. OpenAI's other fields are kept in `model_extra`: `serving.openai_compat`
+    accepts each only at a value that changes nothing and rejects the rest by name.
     """
 
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
     model: str = Field(min_length=1, max_length=256)
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
@@ -228,20 +232,37 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0, le=MAX_TOP_K)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     stop: StopSequence | list[StopSequence] | None = None
-    n: int = Field(default=1, ge=1, le=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
 
 
 class ModelCard(BaseModel):
-    id: str
+    id: str = Field(description="a name this server answers to (`model` in requests)")
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "tokenreel"
+    root: str = Field(description="the model behind the name (the id token sets are keyed by)")
 
 
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = Field(description="the request field at fault, if one is")
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every error: OpenAI's shape."""
+
+    error: ErrorDetail
