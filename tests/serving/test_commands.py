@@ -1,10 +1,24 @@
-"""Argument handling of `tokenreel serve` / `tokenreel ask` (the HTTP round trip is in
-test_service.py)."""
+"""`tokenreel serve` / `tokenreel ask`: argument handling, and the real `tokenreel serve` in a
+subprocess (it fails fast when the cluster is too small, prints one log line per request, and
+stops with all of Ray's processes on SIGTERM, start-up included). The HTTP API is in
+test_service.py."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
 
+import httpx
+import numpy as np
+import psutil
 import pytest
 
 from serving import ask_command, serve_command
@@ -54,3 +68,158 @@ def test_ask_reports_an_unreachable_server(capsys: pytest.CaptureFixture[str]) -
     )
     assert ask_command.run(args) == 1
     assert "cannot reach" in capsys.readouterr().err
+
+
+def test_edge_flags_map_to_settings() -> None:
+    args = build_parser("serve").parse_args(
+        [
+            "serve",
+            "--served-model-name",
+            "tiny",
+            "alias",
+            "--expose-source-uris",
+            "--request-timeout-s",
+            "30",
+            "--max-queued-requests",
+            "8",
+            "--skip-resource-check",
+        ]
+    )
+    settings = {k: getattr(args, k) for k in serve_command.SETTING_KEYS}
+    assert settings["served_model_names"] == ["tiny", "alias"]
+    assert settings["expose_source_uris"] is True and settings["request_timeout_s"] == 30
+    assert settings["max_queued_requests"] == 8 and args.skip_resource_check
+    defaults = build_parser("serve").parse_args(["serve"])
+    assert defaults.expose_source_uris is None and not defaults.skip_resource_check
+
+
+# -- the real command (a subprocess with its own local Ray) ----------------------------------------
+
+MARKER = "TOKENREEL_SERVE_TEST_MARKER"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serve(store: Path, *flags: str) -> tuple[subprocess.Popen, str, str]:
+    """`tokenreel serve` on a free port, its processes (Ray's included) tagged by an env marker."""
+    marker = uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "TOKENREEL_API_KEY")}
+    env[MARKER] = marker
+    port = _free_port()
+    command = [sys.executable, "-m", "tokenreel", "serve", "--store", str(store)]
+    command += ["--port", str(port), "--device", "cpu", *flags]
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    return process, f"http://127.0.0.1:{port}", marker
+
+
+def _tagged_processes(marker: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if process.environ().get(MARKER) == marker:
+                found.append(process)
+    return found
+
+
+def _assert_nothing_left(marker: str) -> None:
+    deadline = time.monotonic() + 30  # Ray's processes exit a moment after its shutdown
+    while (left := _tagged_processes(marker)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    names = [p.name() for p in left if p.is_running()]
+    assert not names, f"orphan processes after tokenreel serve stopped: {names}"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A store with one indexed video (the tiny model's tokens), written without Ray."""
+    from compression import CompressionConfig, compress_video
+    from compression.models import load_video_llm
+    from storage.catalog import Catalog, IndexedVideo
+    from storage.store import default_catalog_url
+    from storage.token_files import write_token_sets
+
+    root = tmp_path_factory.mktemp("served") / "store"
+    llm = load_video_llm("tiny-llava-ov", device="cpu")
+    frames = np.random.default_rng(0).integers(0, 255, (4, 48, 48, 3), dtype=np.uint8)
+    token_set = compress_video(llm.encode(frames), CompressionConfig(retention_ratio=0.5))
+    token_set = token_set.with_metadata(
+        model_id=llm.model_id, video_id="servedvideo01", source_uri="/srv/x.mp4"
+    )
+    (location,) = write_token_sets(str(root), [token_set])
+    catalog = Catalog(default_catalog_url(str(root)), store_url=str(root))
+    catalog.record_indexed([IndexedVideo("/srv/x.mp4", "0" * 16, location)])
+    return root, "servedvideo01"
+
+
+@pytest.mark.slow
+def test_serve_fails_fast_when_the_cluster_cannot_hold_it(store) -> None:
+    """The issue's `--min-replicas 2` on a 2-CPU host hung silently: now a clear message."""
+    half = (os.cpu_count() or 2) / 2  # 2 replicas x half the CPUs + the HTTP replica's 0.1
+    process, _, marker = _serve(
+        store[0], "--min-replicas", "2", "--max-replicas", "2", "--num-cpus", str(half)
+    )
+    output, _ = process.communicate(timeout=180)
+    assert process.returncode == 2, output
+    assert "cannot hold the service" in output and "--min-replicas" in output
+    _assert_nothing_left(marker)
+
+
+def _wait_for(process: subprocess.Popen, url: str, path: str, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[0]
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + path, timeout=5).status_code == 200:
+                return
+        time.sleep(1)
+    raise AssertionError(f"{path} never answered 200")
+
+
+@pytest.mark.slow
+def test_serve_logs_each_request_and_stops_cleanly_on_sigterm(store) -> None:
+    root, video = store
+    process, url, marker = _serve(root, "--num-cpus", "0.5")
+    try:
+        _wait_for(process, url, "/readyz")
+        response = httpx.post(
+            f"{url}/v1/videos/{video}/ask",
+            json={"question": "what happens ?", "max_new_tokens": 3, "merge": {"layer": 2}},
+            timeout=60,
+        )
+        assert response.status_code == 200, response.text
+        missing = httpx.get(f"{url}/v1/videos/0123456789abcdef", timeout=30)
+        assert missing.status_code == 404
+        time.sleep(2)  # the replica's log reaches this command's output through Ray
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output
+    lines = [line for line in output.splitlines() if " -- request " in line]
+    asks = [line for line in lines if f"POST /v1/videos/{video}/ask status=200" in line]
+    assert len(asks) == 1, output
+    assert f"video={video}" in asks[0] and "ttft_s=" in asks[0] and "generated_tokens=" in asks[0]
+    assert any("status=404 error=video_not_found" in line for line in lines), output
+    assert "stopping..." in output
+    _assert_nothing_left(marker)
+
+
+@pytest.mark.slow
+def test_sigterm_during_start_up_leaves_no_ray_processes(store) -> None:
+    process, _, marker = _serve(store[0], "--num-cpus", "0.5")
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:  # Ray is up; Serve is deploying the model replica
+            if line.startswith("deploying"):
+                break
+        assert _tagged_processes(marker), "Ray started no process?"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output
+    _assert_nothing_left(marker)
