@@ -9,9 +9,10 @@ padded forward: the plug-in's `answer` takes a list) -> the `AskResponse` the AP
 its figures (tokens, FLOPs, timings); the API only sets the end-to-end time.
 
 One question can never fail another (issue 12): `answer_batch` answers each question or gives it
-its own error. When a shared forward fails, its questions are answered one by one, so only those
-that fail alone get an error: `InvalidRequest` (400) when the plug-in says the question itself is
-at fault (`InvalidQuestion`), else a logged `InternalError` (500).
+its own error. When a shared forward fails, its questions are answered in halves, recursively, so
+only the questions that fail alone get an error (the others still share forwards: a bad question
+in a batch of 8 costs 3 more, quick, failed attempts): `InvalidRequest` (400) when the plug-in
+says the question itself is at fault (`InvalidQuestion`), else a logged `InternalError` (500).
 """
 
 from __future__ import annotations
@@ -159,28 +160,32 @@ class AnswerEngine:
         for (merge, generation), members in groups.items():
             questions = [prepared[i].question for i in members]
             outcomes = self._answer_isolated(questions, merge, generation)
-            for i, outcome in zip(members, outcomes, strict=True):
+            for i, (outcome, batch_size) in zip(members, outcomes, strict=True):
                 if isinstance(outcome, ServingError):
                     results[i] = outcome
                     continue
                 queue_s = max(0.0, begun - prepared[i].enqueued) if prepared[i].enqueued else 0.0
-                results[i] = self.response(prepared[i], outcome, len(members), queue_s)
+                results[i] = self.response(prepared[i], outcome, batch_size, queue_s)
         return [r for r in results if r is not None]
 
     def _answer_isolated(
         self, questions: list[Question], merge: MergeConfig, generation: GenerationConfig
-    ) -> list[Answer | ServingError]:
+    ) -> list[tuple[Answer | ServingError, int]]:
+        """(answer or error, the size of the forward that answered it) per question."""
         try:
-            return list(self.llm.answer(questions, merge, generation))
+            return [(a, len(questions)) for a in self.llm.answer(questions, merge, generation)]
         except Exception as exc:
             if len(questions) == 1:
-                return [question_error(exc)]
+                return [(question_error(exc), 1)]
             logger.warning(
-                "a forward of %d questions failed (%s); answering them one by one",
+                "a forward of %d questions failed (%s); answering them in halves",
                 len(questions),
                 type(exc).__name__,
             )
-            return [self._answer_isolated([q], merge, generation)[0] for q in questions]
+            half = len(questions) // 2
+            return self._answer_isolated(
+                questions[:half], merge, generation
+            ) + self._answer_isolated(questions[half:], merge, generation)
 
     def answer_stream(self, prepared: PreparedQuestion) -> Iterator[str | AskResponse]:
         """Text pieces as the model produces them, then the `AskResponse`."""

@@ -7,8 +7,8 @@ instead (the store and catalog URLs must then be reachable from its nodes).
 Before deploying, the cluster's resources are checked against the replicas' (`serving.resources`):
 a service that cannot be scheduled fails at once with what is short, instead of Serve waiting
 for it forever. SIGTERM and SIGINT stop the service in every phase, start-up included: the
-application is deleted and the local Ray (with its agents) shut down. The HTTP replicas' request
-log (one line per request) is printed on this command's output.
+application is deleted and the local Ray (with its agents) shut down (see `_StopSignals`). The
+HTTP replicas' request log (one line per request) is printed on this command's output.
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ import os
 import re
 import signal
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+import time
 from typing import Any
 
 from serving.auth import API_KEY_ENV, api_key_digest_from_env
@@ -123,13 +121,53 @@ def run(args: argparse.Namespace) -> int:
     # One request log line per request even with several HTTP replicas: Ray's driver would fold
     # lines that differ only in numbers ("[repeated 2x across cluster]").
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    with _stop_on_signals():
-        return _serve(args, settings)
+    stop = _StopSignals()
+    try:
+        return _serve(args, settings, stop)
+    finally:
+        stop.restore()
 
 
-def _serve(args: argparse.Namespace, settings: ServeSettings) -> int:
+class _StopSignals:
+    """SIGTERM and SIGINT only set `received`; the command checks it between its steps.
+
+    Decision: a handler that raises could interrupt Ray inside its C calls (a `ray.get` of
+    `serve.start` then fails with a SystemError and an exit code of 1): the command instead
+    deploys without blocking and polls, so it notices a signal within `POLL_S` in every phase
+    but `ray.init` (during which Ray's own SIGTERM handler exits, after which we shut down).
+    """
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+        self.install()
+
+    def install(self) -> None:
+        for signum in self._previous:
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.received = signal.Signals(signum).name
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`; whether a stop signal came."""
+        deadline = time.monotonic() + seconds
+        while self.received is None and time.monotonic() < deadline:
+            time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
+        return self.received is not None
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+POLL_S = 0.2
+
+
+def _serve(args: argparse.Namespace, settings: ServeSettings, stop: _StopSignals) -> int:
     import ray
     from ray import serve
+    from ray.serve.schema import ApplicationStatus
 
     from serving.app import application
     from serving.resources import InsufficientResources, check_resources, cluster_nodes
@@ -140,9 +178,11 @@ def _serve(args: argparse.Namespace, settings: ServeSettings) -> int:
         # Serve's own start-up chatter does not.
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
         ray.init(address=args.ray_address, log_to_driver=True, logging_level=logging.WARNING)
-        _install_handlers()  # ray.init replaced the SIGTERM handler with its own
+        stop.install()  # ray.init replaced the SIGTERM handler with its own
         if not args.skip_resource_check:
             check_resources(settings, cluster_nodes())
+        if stop.received:
+            return 0
         serve.start(
             http_options={"host": args.host, "port": args.port},
             logging_config={"log_level": "WARNING"},  # the controller and proxies
@@ -151,7 +191,20 @@ def _serve(args: argparse.Namespace, settings: ServeSettings) -> int:
             f"deploying {settings.model} ({settings.min_replicas} model replica(s))...", flush=True
         )
         app = application(settings, api_key_digest_from_env())
-        serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+        serve.run_many(
+            [serve.RunTarget(app, name=APP_NAME, route_prefix="/")],
+            wait_for_ingress_deployment_creation=False,
+            wait_for_applications_running=False,
+        )
+        while not stop.wait(1.0):
+            status = serve.status().applications.get(APP_NAME)
+            if status is not None and status.status == ApplicationStatus.RUNNING:
+                break
+            if status is not None and status.status == ApplicationStatus.DEPLOY_FAILED:
+                print(f"tokenreel serve: deploying failed: {status.message}", file=sys.stderr)
+                return 1
+        if stop.received:
+            return 0
         url = f"http://{args.host}:{args.port}"
         auth = f"bearer key from {API_KEY_ENV}" if api_key_digest_from_env() else "off"
         print(
@@ -160,41 +213,14 @@ def _serve(args: argparse.Namespace, settings: ServeSettings) -> int:
             "Ctrl-C to stop.",
             flush=True,
         )
-        threading.Event().wait()  # until a signal raises _Stop
+        while not stop.wait(3600):
+            pass
+        return 0
     except InsufficientResources as exc:
         print(f"tokenreel serve: {exc}", file=sys.stderr, flush=True)
         return 2
-    except _Stop:
-        pass
     finally:
         _shut_down(args.ray_address is None)
-    return 0
-
-
-class _Stop(BaseException):
-    """SIGTERM or SIGINT: unwind from whatever phase, then shut down (see `_shut_down`)."""
-
-
-def _raise_stop(signum: int, frame: object) -> None:
-    raise _Stop(signal.Signals(signum).name)
-
-
-def _install_handlers() -> None:
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, _raise_stop)
-
-
-@contextmanager
-def _stop_on_signals() -> Iterator[None]:
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    _install_handlers()
-    try:
-        yield
-    except _Stop:  # a signal before Ray started, or during the shutdown itself
-        pass
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def _shut_down(local_ray: bool) -> None:

@@ -9,17 +9,19 @@ import argparse
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import numpy as np
 import psutil
 import pytest
+from service_helpers import free_port, write_indexed_videos
 
 from serving import ask_command, serve_command
 from tokenreel.cli import build_parser
@@ -98,24 +100,36 @@ def test_edge_flags_map_to_settings() -> None:
 MARKER = "TOKENREEL_SERVE_TEST_MARKER"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@dataclass
+class Served:
+    process: subprocess.Popen
+    url: str
+    marker: str  # in the environment of the command and of every Ray process it starts
+
+    def stop(self, timeout_s: float = 120) -> str:
+        """SIGTERM; the command's whole output once it exited."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.communicate(timeout=timeout_s)[0]
 
 
-def _serve(store: Path, *flags: str) -> tuple[subprocess.Popen, str, str]:
-    """`tokenreel serve` on a free port, its processes (Ray's included) tagged by an env marker."""
+@contextmanager
+def serving(store: Path, *flags: str) -> Iterator[Served]:
+    """`tokenreel serve` on a free port; whatever it leaves running is killed afterwards."""
     marker = uuid.uuid4().hex
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "TOKENREEL_API_KEY")}
     env[MARKER] = marker
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "tokenreel", "serve", "--store", str(store)]
     command += ["--port", str(port), "--device", "cpu", *flags]
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    return process, f"http://127.0.0.1:{port}", marker
+    try:
+        yield Served(process, f"http://127.0.0.1:{port}", marker)
+    finally:
+        for leftover in [process, *_tagged_processes(marker)]:
+            with contextlib.suppress(psutil.Error, OSError):
+                leftover.kill()
 
 
 def _tagged_processes(marker: str) -> list[psutil.Process]:
@@ -137,23 +151,8 @@ def _assert_nothing_left(marker: str) -> None:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A store with one indexed video (the tiny model's tokens), written without Ray."""
-    from compression import CompressionConfig, compress_video
-    from compression.models import load_video_llm
-    from storage.catalog import Catalog, IndexedVideo
-    from storage.store import default_catalog_url
-    from storage.token_files import write_token_sets
-
     root = tmp_path_factory.mktemp("served") / "store"
-    llm = load_video_llm("tiny-llava-ov", device="cpu")
-    frames = np.random.default_rng(0).integers(0, 255, (4, 48, 48, 3), dtype=np.uint8)
-    token_set = compress_video(llm.encode(frames), CompressionConfig(retention_ratio=0.5))
-    token_set = token_set.with_metadata(
-        model_id=llm.model_id, video_id="servedvideo01", source_uri="/srv/x.mp4"
-    )
-    (location,) = write_token_sets(str(root), [token_set])
-    catalog = Catalog(default_catalog_url(str(root)), store_url=str(root))
-    catalog.record_indexed([IndexedVideo("/srv/x.mp4", "0" * 16, location)])
+    write_indexed_videos(root, ["servedvideo01"])
     return root, "servedvideo01"
 
 
@@ -161,21 +160,20 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 def test_serve_fails_fast_when_the_cluster_cannot_hold_it(store) -> None:
     """The issue's `--min-replicas 2` on a 2-CPU host hung silently: now a clear message."""
     half = (os.cpu_count() or 2) / 2  # 2 replicas x half the CPUs + the HTTP replica's 0.1
-    process, _, marker = _serve(
-        store[0], "--min-replicas", "2", "--max-replicas", "2", "--num-cpus", str(half)
-    )
-    output, _ = process.communicate(timeout=180)
-    assert process.returncode == 2, output
-    assert "cannot hold the service" in output and "--min-replicas" in output
-    _assert_nothing_left(marker)
+    flags = ("--min-replicas", "2", "--max-replicas", "2", "--num-cpus", str(half))
+    with serving(store[0], *flags) as served:
+        output = served.process.communicate(timeout=180)[0]
+        assert served.process.returncode == 2, output
+        assert "cannot hold the service" in output and "--min-replicas" in output
+        _assert_nothing_left(served.marker)
 
 
-def _wait_for(process: subprocess.Popen, url: str, path: str, timeout_s: float = 180) -> None:
+def _wait_for(served: Served, path: str, timeout_s: float = 180) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()[0]
+        assert served.process.poll() is None, served.process.communicate()[0]
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url + path, timeout=5).status_code == 200:
+            if httpx.get(served.url + path, timeout=5).status_code == 200:
                 return
         time.sleep(1)
     raise AssertionError(f"{path} never answered 200")
@@ -184,42 +182,40 @@ def _wait_for(process: subprocess.Popen, url: str, path: str, timeout_s: float =
 @pytest.mark.slow
 def test_serve_logs_each_request_and_stops_cleanly_on_sigterm(store) -> None:
     root, video = store
-    process, url, marker = _serve(root, "--num-cpus", "0.5")
-    try:
-        _wait_for(process, url, "/readyz")
+    with serving(root, "--num-cpus", "0.5") as served:
+        _wait_for(served, "/readyz")
         response = httpx.post(
-            f"{url}/v1/videos/{video}/ask",
+            f"{served.url}/v1/videos/{video}/ask",
             json={"question": "what happens ?", "max_new_tokens": 3, "merge": {"layer": 2}},
             timeout=60,
         )
         assert response.status_code == 200, response.text
-        missing = httpx.get(f"{url}/v1/videos/0123456789abcdef", timeout=30)
+        missing = httpx.get(f"{served.url}/v1/videos/0123456789abcdef", timeout=30)
         assert missing.status_code == 404
         time.sleep(2)  # the replica's log reaches this command's output through Ray
-    finally:
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=120)
-    assert process.returncode == 0, output
-    lines = [line for line in output.splitlines() if " -- request " in line]
-    asks = [line for line in lines if f"POST /v1/videos/{video}/ask status=200" in line]
-    assert len(asks) == 1, output
-    assert f"video={video}" in asks[0] and "ttft_s=" in asks[0] and "generated_tokens=" in asks[0]
-    assert any("status=404 error=video_not_found" in line for line in lines), output
-    assert "stopping..." in output
-    _assert_nothing_left(marker)
+        output = served.stop()
+        assert served.process.returncode == 0, output
+        lines = [line for line in output.splitlines() if " -- request " in line]
+        asks = [line for line in lines if f"POST /v1/videos/{video}/ask status=200" in line]
+        assert len(asks) == 1, output
+        assert f"video={video}" in asks[0] and "ttft_s=" in asks[0]
+        assert "generated_tokens=" in asks[0]
+        assert any("status=404 error=video_not_found" in line for line in lines), output
+        assert "stopping..." in output
+        _assert_nothing_left(served.marker)
 
 
 @pytest.mark.slow
 def test_sigterm_during_start_up_leaves_no_ray_processes(store) -> None:
-    process, _, marker = _serve(store[0], "--num-cpus", "0.5")
-    try:
-        assert process.stdout is not None
-        for line in process.stdout:  # Ray is up; Serve is deploying the model replica
-            if line.startswith("deploying"):
+    with serving(store[0], "--num-cpus", "0.5") as served:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # until Serve starts the replicas (the issue's phase)
+            names = [p.name() for p in _tagged_processes(served.marker)]
+            if any("ServeReplica" in name for name in names):
                 break
-        assert _tagged_processes(marker), "Ray started no process?"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=120)
-    assert process.returncode == 0, output
-    _assert_nothing_left(marker)
+            time.sleep(0.2)
+        else:
+            raise AssertionError("Serve never started a replica")
+        output = served.stop()
+        assert served.process.returncode == 0, output
+        _assert_nothing_left(served.marker)

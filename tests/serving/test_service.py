@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,10 +16,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from service_helpers import free_port, kill_model_replica, model_replicas, wait_for_replacement
 
 API_KEY = "test-key-not-secret"
 MERGE = {"layer": 2}  # the tiny model has 4 decoder layers
 QUESTIONS = ["what happens?", "which colour dominates?", "is anything moving?"]
+APP = "tokenreel-test"
 ALIAS = "tiny-alias"  # a second served model name
 SECRET_PATH = "/srv/private-archive/clips/secret.mp4"
 CORRUPTIONS = ("flipped", "truncated", "deleted")
@@ -40,12 +41,6 @@ class Service:
     def client(self, api_key: str | None = API_KEY) -> httpx.Client:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=120)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _index_videos(root: Path, store: str, catalog_url: str) -> tuple[list[str], str]:
@@ -141,9 +136,9 @@ def service(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iter
             os.environ.pop("TOKENREEL_API_KEY")
         else:
             os.environ["TOKENREEL_API_KEY"] = saved_key
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(app, name="tokenreel-test", route_prefix="/")
+    serve.run(app, name=APP, route_prefix="/")
     try:
         yield Service(
             f"http://127.0.0.1:{port}", videos, failed, "tiny-llava-ov", path_failed, corrupted
@@ -664,38 +659,9 @@ def test_one_bad_question_never_fails_its_batch(service: Service, bad: str) -> N
         assert bad_response.json()["answer"] == alone[bad_body["question"]]
 
 
-def _model_replicas() -> list[tuple[str, str]]:
-    import ray
-
-    return [
-        (actor["name"], actor["namespace"])
-        for actor in ray.util.list_named_actors(all_namespaces=True)
-        if "ModelServer" in actor["name"] and actor["name"].startswith("SERVE_REPLICA")
-    ]
-
-
-def _wait_for_replacement(killed: str, count: int, timeout_s: float = 90) -> None:
-    """Until Serve runs `count` healthy model replicas again, none of them the killed one."""
-    from ray import serve
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        names = [name for name, _ in _model_replicas()]
-        status = serve.status().applications["tokenreel-test"].deployments["ModelServer"]
-        running = status.replica_states.get("RUNNING", 0)
-        replaced = killed not in names and len(names) == count and running == count
-        if replaced and status.status == "HEALTHY":
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"ModelServer did not get back to {count} running replicas")
-
-
 def test_service_recovers_when_a_model_replica_is_killed_under_load(service: Service) -> None:
-    import ray
-
-    replicas = _model_replicas()
-    assert len(replicas) == 2
-    killed, namespace = replicas[0]
+    assert len(model_replicas()) == 2
+    killed: list[str] = []
 
     async def load_and_kill() -> list[httpx.Response]:
         headers = {"Authorization": f"Bearer {API_KEY}"}
@@ -712,7 +678,7 @@ def test_service_recovers_when_a_model_replica_is_killed_under_load(service: Ser
             ]
             # Kill once answering is under way: the others are queued or in a forward pass.
             await asyncio.wait(requests, return_when=asyncio.FIRST_COMPLETED)
-            ray.kill(ray.get_actor(killed, namespace=namespace), no_restart=True)
+            killed.append(kill_model_replica())
             return await asyncio.gather(*requests)
 
     during = asyncio.run(load_and_kill())
@@ -721,7 +687,7 @@ def test_service_recovers_when_a_model_replica_is_killed_under_load(service: Ser
         assert response.status_code in (200, 503), response.text
         if response.status_code == 503:
             assert_clean_error(response, 503)
-    _wait_for_replacement(killed, 2)
+    wait_for_replacement(APP, killed[0], 2)
     with service.client() as client:
         after = [ask(client, v, QUESTIONS[0]) for v in service.videos]
     assert [r.status_code for r in after] == [200] * len(after)
