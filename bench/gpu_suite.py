@@ -59,8 +59,8 @@ which the GPU machine lacks (`bench/bench_index.py` measures it where Ray is ins
 encoder section gives the bare encoder's rate).
 
 The parent imports only the standard library; the children import torch, transformers, the
-project's modules and, for `serve`, serving.engine (pydantic, and FastAPI through
-serving.errors) and storage.token_files (pyarrow, fsspec): never Ray, s3fs or SQLAlchemy (each
+project's modules and, for `serve`, serving.engine (pydantic; the error types import no web
+framework) and storage.token_files (pyarrow, fsspec): never Ray, s3fs or SQLAlchemy (each
 section records the packages it loaded, and `tests/bench/test_gpu_suite.py` checks them).
 """
 

@@ -8,9 +8,10 @@
 # 2026-11-30). The suite needs:
 #   * transformers at the project's pin (pyproject.toml), the plug-ins reach into its internals;
 #     its dependencies are all on the machine in versions it accepts;
-#   * for the `serve` section, `serving.engine`'s imports: pydantic (serving.schemas) and FastAPI
-#     (serving.errors defines the error classes and, beside them, the FastAPI handlers), with
-#     their dependencies that the machine lacks; and fsspec at the project's floor.
+#   * for the `serve` section, `serving.engine`'s imports: pydantic (serving.schemas) with its
+#     dependencies that the machine lacks (the error types in serving.errors import no web
+#     framework; the FastAPI handlers live in serving.error_handlers); and fsspec at the
+#     project's floor.
 # No Ray, no s3fs, no SQLAlchemy: the suite imports none of them.
 # Versions: those the suite is tested with here (the dev venv). --no-deps, so every wheel is
 # named; one version of each, or the install on the machine stops. Total ~16 MiB of the 64 MiB
@@ -25,11 +26,8 @@ WHEELS=(
   pydantic==2.14.4           # serving.schemas
   pydantic-core==2.50.5      # pydantic's compiled core (exact pin of pydantic 2.14.4)
   annotated-types==0.8.0     # pydantic
-  typing-inspection==0.4.5   # pydantic, fastapi
+  typing-inspection==0.4.5   # pydantic
   typing-extensions==4.16.0  # pydantic needs >= 4.16.0; the machine's version is not known
-  fastapi==0.165.0           # serving.errors, imported by serving.engine
-  starlette==1.10.0          # fastapi
-  opentelemetry-api==1.45.2  # fastapi imports it (fastapi.telemetry)
   fsspec==2026.9.0           # storage.token_files; the project needs >= 2026.1, the machine's
                              # version is not known (pure Python, 0.2 MiB)
 )

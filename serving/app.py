@@ -5,6 +5,13 @@ Usable as a Serve import path (`serve run serving.app:build_app model=...`, or a
 `serveConfigV2` with `import_path: serving.app:build_app` and `args:`), and by `tokenreel serve`.
 Argument keys: the fields of `serving.settings.ServeSettings`. The API key is read here from
 `TOKENREEL_API_KEY` and only its digest is passed on (serving/auth.py).
+
+The model deployment bounds the queue of its callers, the HTTP replicas (`max_queued_requests`:
+beyond it, `ApiServer` answers 503 with `Retry-After`). Decision: the HTTP deployment's own queue
+at Serve's proxy is left unbounded: its requests wait only for the model queue, which turns the
+excess away at once with our JSON error (a small proxy bound also turns requests away on a
+momentary count, with a plain-text body). Both deployments log warnings and errors only, without
+Serve's access log: the HTTP layer logs one richer line per request (`serving.middleware`).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from typing import Any
 
 from ray import serve
 from ray.serve import Application
-from ray.serve.config import AutoscalingConfig, RequestRouterConfig
+from ray.serve.config import AutoscalingConfig, BackpressureConfig, RequestRouterConfig
 
 from compression.models import VideoLLM
 from serving.api import ApiServer
@@ -27,12 +34,18 @@ MODEL_DEPLOYMENT = "ModelServer"
 API_DEPLOYMENT = "ApiServer"
 
 
+LOGGING = {"log_level": "WARNING", "enable_access_log": False}
+
+
 def model_deployment(settings: ServeSettings) -> serve.Deployment:
     """`ModelServer` with the replica resources, autoscaling and router of `settings`."""
     options: dict[str, Any] = {
         "name": MODEL_DEPLOYMENT,
         "ray_actor_options": {"num_cpus": settings.num_cpus, "num_gpus": settings.num_gpus},
         "max_ongoing_requests": settings.max_ongoing_requests,
+        "max_queued_requests": settings.max_queued_requests,
+        "backpressure_config": BackpressureConfig(retry_after_s=settings.retry_after_s),
+        "logging_config": LOGGING,
         "autoscaling_config": AutoscalingConfig(
             min_replicas=settings.min_replicas,
             max_replicas=settings.max_replicas,
@@ -55,6 +68,7 @@ def api_deployment(settings: ServeSettings) -> serve.Deployment:
         ray_actor_options={"num_cpus": settings.api_num_cpus},
         # The HTTP layer only waits on model replicas: let it hold many requests.
         max_ongoing_requests=max(256, 4 * settings.max_ongoing_requests),
+        logging_config=LOGGING,
     )
 
 

@@ -7,6 +7,12 @@ A question goes: `prepare` (token set from the cache, else from the store at the
 catalog gave) -> `answer_batch` (questions with equal merge and generation settings share one
 padded forward: the plug-in's `answer` takes a list) -> the `AskResponse` the API returns, with
 its figures (tokens, FLOPs, timings); the API only sets the end-to-end time.
+
+One question can never fail another (issue 12): `answer_batch` answers each question or gives it
+its own error. When a shared forward fails, its questions are answered in halves, recursively, so
+only the questions that fail alone get an error (the others still share forwards: a bad question
+in a batch of 8 costs 3 more, quick, failed attempts): `InvalidRequest` (400) when the plug-in
+says the question itself is at fault (`InvalidQuestion`), else a logged `InternalError` (500).
 """
 
 from __future__ import annotations
@@ -21,10 +27,18 @@ import torch
 
 from compression.config import MergeConfig
 from compression.flops import flops_report
-from compression.models import Answer, GenerationConfig, Question, VideoLLM, load_video_llm
+from compression.models import (
+    Answer,
+    GenerationConfig,
+    InvalidQuestion,
+    Question,
+    Turn,
+    VideoLLM,
+    load_video_llm,
+)
 from compression.token_set import TokenSet
 from serving.cache import ByteLRUCache
-from serving.errors import InvalidRequest, ServingError, logger
+from serving.errors import InternalError, InvalidRequest, ServingError, logger
 from serving.schemas import AskResponse, FlopsFigures, MergeApplied, Timings, TokenCounts
 from storage.token_files import TokenSetLocation, TokenSetReadError, read_token_set
 
@@ -51,6 +65,7 @@ class AskJob:
     system: str | None
     merge: MergeConfig
     generation: GenerationConfig
+    history: tuple[Turn, ...] = ()  # earlier turns of a conversation (see `Question`)
 
 
 @dataclass
@@ -124,34 +139,67 @@ class AnswerEngine:
         token_set, hit = await self.cache.get_or_load(
             key, lambda: asyncio.to_thread(self._read, job.location)
         )
-        question = Question(token_set=token_set, text=job.question, system=job.system)
+        try:
+            question = Question(token_set, job.question, job.system, job.history)
+        except InvalidQuestion as exc:
+            raise question_error(exc) from None
         load_s = time.perf_counter() - started
         return PreparedQuestion(job, question, cache_hit=hit, load_s=load_s, started=started)
 
     # -- answering ----------------------------------------------------------------------------
-    def answer_batch(self, prepared: Sequence[PreparedQuestion]) -> list[AskResponse]:
-        """Answer questions in as few forwards as possible: one per distinct settings pair."""
+    def answer_batch(
+        self, prepared: Sequence[PreparedQuestion]
+    ) -> list[AskResponse | ServingError]:
+        """Answer questions in as few forwards as possible: one per distinct settings pair.
+        Each question gets its answer or its own error (see the module docstring)."""
         begun = time.perf_counter()
         groups: dict[tuple[MergeConfig, GenerationConfig], list[int]] = {}
         for i, p in enumerate(prepared):
             groups.setdefault((p.job.merge, p.job.generation), []).append(i)
-        responses: list[AskResponse | None] = [None] * len(prepared)
+        results: list[AskResponse | ServingError | None] = [None] * len(prepared)
         for (merge, generation), members in groups.items():
-            answers = self.llm.answer([prepared[i].question for i in members], merge, generation)
-            for i, answer in zip(members, answers, strict=True):
+            questions = [prepared[i].question for i in members]
+            outcomes = self._answer_isolated(questions, merge, generation)
+            for i, (outcome, batch_size) in zip(members, outcomes, strict=True):
+                if isinstance(outcome, ServingError):
+                    results[i] = outcome
+                    continue
                 queue_s = max(0.0, begun - prepared[i].enqueued) if prepared[i].enqueued else 0.0
-                responses[i] = self.response(prepared[i], answer, len(members), queue_s)
-        return [r for r in responses if r is not None]
+                results[i] = self.response(prepared[i], outcome, batch_size, queue_s)
+        return [r for r in results if r is not None]
+
+    def _answer_isolated(
+        self, questions: list[Question], merge: MergeConfig, generation: GenerationConfig
+    ) -> list[tuple[Answer | ServingError, int]]:
+        """(answer or error, the size of the forward that answered it) per question."""
+        try:
+            return [(a, len(questions)) for a in self.llm.answer(questions, merge, generation)]
+        except Exception as exc:
+            if len(questions) == 1:
+                return [(question_error(exc), 1)]
+            logger.warning(
+                "a forward of %d questions failed (%s); answering them in halves",
+                len(questions),
+                type(exc).__name__,
+            )
+            half = len(questions) // 2
+            return self._answer_isolated(
+                questions[:half], merge, generation
+            ) + self._answer_isolated(questions[half:], merge, generation)
 
     def answer_stream(self, prepared: PreparedQuestion) -> Iterator[str | AskResponse]:
         """Text pieces as the model produces them, then the `AskResponse`."""
         job = prepared.job
-        for item in self.llm.answer_stream(prepared.question, job.merge, job.generation):
-            if isinstance(item, str):
-                if item:
-                    yield item
-            else:
-                yield self.response(prepared, item, batch_size=1, queue_s=0.0)
+        stream = self.llm.answer_stream(prepared.question, job.merge, job.generation)
+        try:
+            for item in stream:
+                if isinstance(item, str):
+                    if item:
+                        yield item
+                else:
+                    yield self.response(prepared, item, batch_size=1, queue_s=0.0)
+        except InvalidQuestion as exc:
+            raise question_error(exc) from None
 
     def response(
         self, prepared: PreparedQuestion, answer: Answer, batch_size: int, queue_s: float
@@ -171,7 +219,7 @@ class AnswerEngine:
             model=self.info.model_id,
             answer=answer.text,
             finish_reason=answer.finish_reason,
-            merge=MergeApplied(**dataclasses.asdict(prepared.job.merge)),
+            merge=MergeApplied.of(prepared.job.merge),
             tokens=TokenCounts(
                 original_visual=token_set.original_count,
                 visual_in=answer.visual_tokens_in,
@@ -190,3 +238,10 @@ class AnswerEngine:
             cache_hit=prepared.cache_hit,
             batch_size=batch_size,
         )
+
+
+def question_error(exc: Exception) -> ServingError:
+    """The error a client gets for a question that failed on its own."""
+    if isinstance(exc, InvalidQuestion):
+        return InvalidRequest(str(exc), code="invalid_question")
+    return InternalError.logged(exc, "answering a question failed")

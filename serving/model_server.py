@@ -2,7 +2,8 @@
 
 Concurrent `ask` calls meet in `@serve.batch` and are answered by one padded forward; `ask_stream`
 answers one question and yields text pieces as they are decoded (the plug-in streams one sequence
-at a time, so streamed questions are not batched).
+at a time, so streamed questions are not batched). A question that fails in a batch fails alone
+(`AnswerEngine.answer_batch`): the batch returns its error, and only its `ask` raises it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ray import serve
 
 from compression.models import VideoLLM
 from serving.engine import AnswerEngine, AskJob, ModelInfo, PreparedQuestion
+from serving.errors import ServingError
 from serving.metrics import EngineMetrics
 from serving.schemas import AskResponse
 from serving.settings import ServeSettings
@@ -40,10 +42,13 @@ class ModelServer:
             llm=llm_factory() if llm_factory is not None else None,
         )
         self.metrics = EngineMetrics()
+        self._running = 0  # questions in a forward pass (batched or streamed)
+        self._waiting: set[int] = set()  # ids of the prepared questions waiting for a batch
         self._answer_batched.set_max_batch_size(settings.max_batch_size)
         self._answer_batched.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
 
     def describe(self) -> ModelInfo:
+        """The model's facts; also the readiness probe's ping (`ApiServer.ready`)."""
         return self.engine.info
 
     async def _prepare(self, job: AskJob) -> PreparedQuestion:
@@ -51,32 +56,54 @@ class ModelServer:
         self.metrics.record_cache(prepared.cache_hit, self.engine.cache.stats().bytes)
         return prepared
 
+    def _load_changed(self, running: int = 0) -> None:
+        self._running += running
+        self.metrics.record_load(self._running, len(self._waiting))
+
     def _record(self, response: AskResponse) -> None:
-        tokens = response.tokens
-        self.metrics.record_answer(
-            tokens.visual_in, tokens.visual_after_merge, tokens.completion, response.timings.total_s
-        )
+        # No prefix cache yet: every prompt token is prefilled (0 hits).
+        self.metrics.record_answer(response, prefix_cache_hit_tokens=0)
 
     async def ask(self, job: AskJob) -> AskResponse:
         prepared = await self._prepare(job)
         prepared.enqueued = time.perf_counter()
-        response = await self._answer_batched(prepared)
-        self._record(response)
-        return response
+        self._waiting.add(id(prepared))
+        self._load_changed()
+        try:
+            result = await self._answer_batched(prepared)
+        finally:  # cancelled (the client left) before its batch began: no longer waiting
+            if id(prepared) in self._waiting:
+                self._waiting.discard(id(prepared))
+                self._load_changed()
+        if isinstance(result, ServingError):
+            raise result
+        self._record(result)
+        return result
 
     # The real limits are set per replica in __init__ from the settings.
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
-    async def _answer_batched(self, prepared: list[PreparedQuestion]) -> list[AskResponse]:
+    async def _answer_batched(
+        self, prepared: list[PreparedQuestion]
+    ) -> list[AskResponse | ServingError]:
         self.metrics.record_batch(len(prepared))
-        # In a thread: the event loop keeps taking requests (and filling the next batch).
-        return await asyncio.to_thread(self.engine.answer_batch, prepared)
+        self._waiting.difference_update(id(p) for p in prepared)
+        self._load_changed(running=len(prepared))
+        try:
+            # In a thread: the event loop keeps taking requests (and filling the next batch).
+            return await asyncio.to_thread(self.engine.answer_batch, prepared)
+        finally:
+            self._load_changed(running=-len(prepared))
 
     async def ask_stream(self, job: AskJob) -> AsyncIterator[str | AskResponse]:
         prepared = await self._prepare(job)
-        async for item in iterate_in_thread(lambda: self.engine.answer_stream(prepared)):
-            if isinstance(item, AskResponse):
-                self._record(item)
-            yield item
+        self._load_changed(running=1)
+        try:
+            async for item in iterate_in_thread(lambda: self.engine.answer_stream(prepared)):
+                if isinstance(item, AskResponse):
+                    self._record(item)
+                yield item
+        finally:
+            self._load_changed(running=-1)
 
 
 _END = object()

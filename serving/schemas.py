@@ -1,8 +1,9 @@
 """Request and response bodies of the HTTP API, with the limits every request is held to.
 
-Requests forbid unknown fields on tokenreel's own endpoints (a typo such as `max_new_token` is a
-422, not a silently ignored setting); the OpenAI-compatible request ignores the OpenAI fields it
-does not use, as OpenAI clients send several of them by default.
+Requests are strict: unknown fields are errors on tokenreel's own endpoints (a typo such as
+`max_new_token` is a 400, not a silently ignored setting), and values keep their JSON types
+(`"10"` or `true` is not an integer). The OpenAI-compatible request keeps OpenAI's other fields
+aside for `serving.openai_compat` to honour or reject by name, never to ignore silently.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ MAX_NEW_TOKENS = 1024
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_CHARS = 64
 MAX_MESSAGES = 16
+MAX_CONVERSATION_CHARS = 16000
 MAX_TOP_K = 1000
 MAX_LIST_LIMIT = 500
+MAX_LIST_OFFSET = 10**9
 MAX_MERGE_STEPS = 8
 DEFAULT_MAX_NEW_TOKENS = 64
 
@@ -39,7 +42,14 @@ def _not_blank(value: str | None) -> str | None:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class MergeStep(_Strict):
+    """One further step of a layer schedule."""
+
+    layer: int = Field(ge=0, le=1024)
+    keep_ratio: float = Field(gt=0.0, le=1.0)
 
 
 class MergeSettings(_Strict):
@@ -48,22 +58,20 @@ class MergeSettings(_Strict):
     method: "text_aware" (the paper's), "fastv", "holitom" or "none".
     layer: K. Left out, it is `compression.default_merge_layer` of the model for the method (its
     published K of 28 layers at the same relative depth); an explicit K outside [0, layers - 1]
-    is refused.
-    later_steps: a layer schedule's further [layer, keep_ratio] steps (Fig. S1), each keeping
-    that share of the visual tokens that reach it (see `compression.MergeConfig`).
+    is a 400.
+    later_steps: a layer schedule's further steps (Fig. S1), each keeping `keep_ratio` of the
+    visual tokens that reach its `layer` (see `compression.MergeConfig`).
     """
 
     method: InnerMethodName = "text_aware"
     layer: int | None = Field(default=None, ge=0, le=1024)
     keep_ratio: float = Field(default=0.5, gt=0.0, le=1.0)
     lam: float = Field(default=0.5, ge=0.0, le=1.0)
-    later_steps: list[
-        tuple[Annotated[int, Field(ge=0, le=1024)], Annotated[float, Field(gt=0.0, le=1.0)]]
-    ] = Field(default_factory=list, max_length=MAX_MERGE_STEPS)
+    later_steps: list[MergeStep] = Field(default_factory=list, max_length=MAX_MERGE_STEPS)
 
     def to_config(self, num_layers: int) -> MergeConfig:
         layer = default_merge_layer(num_layers, self.method) if self.layer is None else self.layer
-        for step_layer in (layer, *(step[0] for step in self.later_steps)):
+        for step_layer in (layer, *(step.layer for step in self.later_steps)):
             if step_layer >= num_layers:
                 raise ValueError(
                     f"merge layers must be in [0, {num_layers - 1}] for this model "
@@ -74,7 +82,7 @@ class MergeSettings(_Strict):
             layer=layer,
             keep_ratio=self.keep_ratio,
             lam=self.lam,
-            later_steps=tuple(self.later_steps),
+            later_steps=tuple((step.layer, step.keep_ratio) for step in self.later_steps),
         )
 
 
@@ -140,7 +148,18 @@ class MergeApplied(BaseModel):
     layer: int
     keep_ratio: float
     lam: float
-    later_steps: list[tuple[int, float]]
+    later_steps: list[MergeStep]
+
+    @classmethod
+    def of(cls, merge: MergeConfig) -> MergeApplied:
+        steps = [MergeStep(layer=layer, keep_ratio=ratio) for layer, ratio in merge.later_steps]
+        return cls(
+            method=merge.method,
+            layer=merge.layer,
+            keep_ratio=merge.keep_ratio,
+            lam=merge.lam,
+            later_steps=steps,
+        )
 
 
 class AskResponse(BaseModel):
@@ -160,11 +179,13 @@ class VideoInfo(BaseModel):
     """A video under one (model, compression config): one catalog status row."""
 
     video_id: str
-    uri: str
+    uri: str | None = Field(
+        description="the source URI; null unless the server exposes them (--expose-source-uris)"
+    )
     model_id: str
     config_hash: str
     status: Literal["pending", "indexed", "failed"]
-    error: str | None = Field(description="why indexing failed (status failed)")
+    error: str | None = Field(description="why indexing failed (status failed), paths removed")
     attempts: int = Field(description="failed indexing attempts so far")
     visual_tokens: int | None = Field(description="tokens in the stored token set (indexed)")
     indexed_at: datetime | None
@@ -200,9 +221,7 @@ class VideoPart(_Strict):
 ContentPart = Annotated[TextPart | VideoPart, Field(discriminator="type")]
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[ContentPart] | None = None
 
@@ -216,20 +235,21 @@ class ChatMessage(BaseModel):
         return value
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class StreamOptions(_Strict):
     include_usage: bool = False
 
 
 class ChatCompletionRequest(BaseModel):
-    """OpenAI's request body. Extensions: `video_id` (instead of a video part) and `merge`.
+    """OpenAI's request body. Extensions: `video_id` (instead of a video part), `merge`, and
+    vLLM's `top_k`.
 
-    Supported conversation shape (decision): optional system/developer messages and exactly one
-    user message; the model answers one question over one video, there is no chat history.
+    Conversation shape (decision): system/developer messages first, then user and assistant
+    messages alternating, starting and ending with a user message; the video belongs to the
+    first user message. OpenAI's other fields are kept in `model_extra`: `serving.openai_compat`
+    accepts each only at a value that changes nothing and rejects the rest by name.
     """
 
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
     model: str = Field(min_length=1, max_length=256)
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
@@ -239,20 +259,37 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0, le=MAX_TOP_K)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     stop: StopSequence | list[StopSequence] | None = None
-    n: int = Field(default=1, ge=1, le=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
 
 
 class ModelCard(BaseModel):
-    id: str
+    id: str = Field(description="a name this server answers to (`model` in requests)")
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "tokenreel"
+    root: str = Field(description="the model behind the name (the id token sets are keyed by)")
 
 
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = Field(description="the request field at fault, if one is")
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every error: OpenAI's shape."""
+
+    error: ErrorDetail

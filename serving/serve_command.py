@@ -1,17 +1,25 @@
-"""`tokenreel serve`: run the question-answering service until Ctrl-C.
+"""`tokenreel serve`: run the question-answering service until Ctrl-C or SIGTERM.
 
 Embedded defaults: a local Ray, the local store `./tokenreel-data` with its SQLite catalog, the
 model from TOKENREEL_MODEL (else the tiny one). `--ray-address` deploys onto an existing cluster
 instead (the store and catalog URLs must then be reachable from its nodes).
+
+Before deploying, the cluster's resources are checked against the replicas' (`serving.resources`):
+a service that cannot be scheduled fails at once with what is short, instead of Serve waiting
+for it forever. SIGTERM and SIGINT stop the service in every phase, start-up included: the
+application is deleted and the local Ray (with its agents) shut down (see `_StopSignals`). The
+HTTP replicas' request log (one line per request) is printed on this command's output.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import logging
+import os
 import re
 import signal
-import threading
+import sys
+import time
 from typing import Any
 
 from serving.auth import API_KEY_ENV, api_key_digest_from_env
@@ -58,6 +66,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--batch-wait-timeout-s", type=float, default=None)
     add("--cache-bytes", type=parse_bytes, default=None, help="token-set cache per replica")
     add("--no-affinity", dest="affinity", action="store_false", default=None)
+    add(
+        "--served-model-name",
+        dest="served_model_names",
+        nargs="+",
+        default=None,
+        help="names clients use as `model` (default: the model id); the first is reported",
+    )
+    add(
+        "--expose-source-uris",
+        action="store_true",
+        default=None,
+        help="show videos' source URIs in the API (off: they may be server paths)",
+    )
+    add("--request-timeout-s", type=float, default=None, help="per-request deadline (504 after)")
+    add("--max-queued-requests", type=int, default=None, help="queue bound (503 beyond it)")
+    add(
+        "--skip-resource-check",
+        action="store_true",
+        help="deploy even if the cluster looks too small now (an autoscaling cluster)",
+    )
 
 
 SETTING_KEYS = (
@@ -76,26 +104,107 @@ SETTING_KEYS = (
     "batch_wait_timeout_s",
     "cache_bytes",
     "affinity",
+    "served_model_names",
+    "expose_source_uris",
+    "request_timeout_s",
+    "max_queued_requests",
 )
 
 
 def run(args: argparse.Namespace) -> int:
-    import ray
-    from ray import serve
-
-    from serving.app import build_app
-
     app_args: dict[str, Any] = {k: getattr(args, k) for k in SETTING_KEYS}
     try:
         settings = ServeSettings.from_args(app_args)
-        app = build_app(app_args)
     except ValueError as exc:
-        print(f"tokenreel serve: {exc}")
+        print(f"tokenreel serve: {exc}", file=sys.stderr)
         return 2
-    ray.init(address=args.ray_address, log_to_driver=False)
+    # One request log line per request even with several HTTP replicas: Ray's driver would fold
+    # lines that differ only in numbers ("[repeated 2x across cluster]").
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    stop = _StopSignals()
     try:
-        serve.start(http_options={"host": args.host, "port": args.port})
-        serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+        return _serve(args, settings, stop)
+    finally:
+        stop.restore()
+
+
+class _StopSignals:
+    """SIGTERM and SIGINT only set `received`; the command checks it between its steps.
+
+    Decision: a handler that raises could interrupt Ray inside its C calls (a `ray.get` of
+    `serve.start` then fails with a SystemError and an exit code of 1): the command instead
+    deploys without blocking and polls, so it notices a signal within `POLL_S` in every phase
+    but `ray.init` (during which Ray's own SIGTERM handler exits, after which we shut down).
+    """
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+        self.install()
+
+    def install(self) -> None:
+        for signum in self._previous:
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.received = signal.Signals(signum).name
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`; whether a stop signal came."""
+        deadline = time.monotonic() + seconds
+        while self.received is None and time.monotonic() < deadline:
+            time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
+        return self.received is not None
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+POLL_S = 0.2
+
+
+def _serve(args: argparse.Namespace, settings: ServeSettings, stop: _StopSignals) -> int:
+    import ray
+    from ray import serve
+    from ray.serve.schema import ApplicationStatus
+
+    from serving.app import application
+    from serving.resources import InsufficientResources, check_resources, cluster_nodes
+
+    print("starting Ray...", flush=True)
+    try:
+        # log_to_driver: the replicas' request log (and errors) appear on this output; Ray's and
+        # Serve's own start-up chatter does not.
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
+        ray.init(address=args.ray_address, log_to_driver=True, logging_level=logging.WARNING)
+        stop.install()  # ray.init replaced the SIGTERM handler with its own
+        if not args.skip_resource_check:
+            check_resources(settings, cluster_nodes())
+        if stop.received:
+            return 0
+        serve.start(
+            http_options={"host": args.host, "port": args.port},
+            logging_config={"log_level": "WARNING"},  # the controller and proxies
+        )
+        print(
+            f"deploying {settings.model} ({settings.min_replicas} model replica(s))...", flush=True
+        )
+        app = application(settings, api_key_digest_from_env())
+        serve.run_many(
+            [serve.RunTarget(app, name=APP_NAME, route_prefix="/")],
+            wait_for_ingress_deployment_creation=False,
+            wait_for_applications_running=False,
+        )
+        while not stop.wait(1.0):
+            status = serve.status().applications.get(APP_NAME)
+            if status is not None and status.status == ApplicationStatus.RUNNING:
+                break
+            if status is not None and status.status == ApplicationStatus.DEPLOY_FAILED:
+                print(f"tokenreel serve: deploying failed: {status.message}", file=sys.stderr)
+                return 1
+        if stop.received:
+            return 0
         url = f"http://{args.host}:{args.port}"
         auth = f"bearer key from {API_KEY_ENV}" if api_key_digest_from_env() else "off"
         print(
@@ -104,16 +213,30 @@ def run(args: argparse.Namespace) -> int:
             "Ctrl-C to stop.",
             flush=True,
         )
-        _wait_for_interrupt()
+        while not stop.wait(3600):
+            pass
+        return 0
+    except InsufficientResources as exc:
+        print(f"tokenreel serve: {exc}", file=sys.stderr, flush=True)
+        return 2
     finally:
-        print("stopping...", flush=True)
-        serve.delete(APP_NAME)
+        _shut_down(args.ray_address is None)
+
+
+def _shut_down(local_ray: bool) -> None:
+    """Delete the application, then leave Ray: a local Ray stops with all its processes.
+    A second signal meanwhile is ignored (the shutdown is what it asks for)."""
+    import ray
+    from ray import serve
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
+    print("stopping...", flush=True)
+    try:
+        if ray.is_initialized() and not local_ray:
+            # On a shared cluster, only our application goes; a local Ray goes as a whole.
+            serve.delete(APP_NAME)
+    except Exception as exc:  # still leave Ray
+        print(f"tokenreel serve: could not delete the application: {exc}", file=sys.stderr)
+    finally:
         ray.shutdown()
-    return 0
-
-
-def _wait_for_interrupt() -> None:
-    stopped = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-    with contextlib.suppress(KeyboardInterrupt):
-        stopped.wait()

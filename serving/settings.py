@@ -32,6 +32,12 @@ class ServeSettings:
     cache_bytes: bound of each model replica's token-set cache.
     affinity: route questions about a video to the replica that has it cached.
     api_replicas / api_num_cpus: the HTTP (FastAPI) replicas, which hold no model.
+    served_model_names: the names clients use as `model` (vLLM's --served-model-name); the
+        first is the one responses report. Empty: the model's id.
+    expose_source_uris: show videos' source URIs in the API (off: they may be server paths).
+    request_timeout_s: per-request deadline; a request still unanswered then gets a 504.
+    max_queued_requests: requests each HTTP replica lets wait for a model replica slot; beyond
+        it, 503 with `Retry-After: retry_after_s` (Serve's max_queued_requests).
     """
 
     model: str = DEFAULT_MODEL
@@ -51,6 +57,11 @@ class ServeSettings:
     affinity: bool = True
     api_replicas: int = 1
     api_num_cpus: float = 0.1
+    served_model_names: tuple[str, ...] = ()
+    expose_source_uris: bool = False
+    request_timeout_s: float = 300.0
+    max_queued_requests: int = 128
+    retry_after_s: float = 1.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -64,6 +75,14 @@ class ServeSettings:
             (self.cache_bytes >= 0, "cache_bytes must be >= 0"),
             (self.api_replicas >= 1, "api_replicas must be >= 1"),
             (self.api_num_cpus >= 0, "api_num_cpus must be >= 0"),
+            (0 < self.request_timeout_s <= 86400, "request_timeout_s must be in (0, 86400]"),
+            (self.max_queued_requests >= 1, "max_queued_requests must be >= 1"),
+            (0 <= self.retry_after_s <= 3600, "retry_after_s must be in [0, 3600]"),
+            (
+                all(0 < len(name) <= 256 for name in self.served_model_names)
+                and len(set(self.served_model_names)) == len(self.served_model_names),
+                "served_model_names must be distinct names of 1-256 characters",
+            ),
             (bool(self.model), "model must be set"),
             (bool(self.store_url), "store_url must be set"),
         ]
@@ -72,6 +91,10 @@ class ServeSettings:
                 raise ValueError(message)
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:i]', got {self.device!r}")
+
+    def model_names(self, model_id: str) -> tuple[str, ...]:
+        """The names clients may use for the served model; the first is the reported one."""
+        return self.served_model_names or (model_id,)
 
     @classmethod
     def from_args(cls, args: dict[str, Any] | None = None) -> ServeSettings:
@@ -107,4 +130,8 @@ def _coerce(annotation: str, value: Any) -> Any:
         return int(value)
     if annotation == "float":
         return float(value)
+    if annotation == "tuple[str, ...]":
+        # A config file may give "a,b" or a list.
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(str(item).strip() for item in items if str(item).strip())
     return str(value)

@@ -110,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
             "model": args.model,
             "store_url": store_url,
             "catalog_url": catalog_url,
+            "expose_source_uris": True,  # a local demo: the URIs are its own sample files
         }
         serve.run(build_app(app_args), name="tokenreel-demo", route_prefix="/", blocking=False)
         _wait_ready(url)

@@ -5,7 +5,8 @@ this package; this package applies the method inside real models. jobs/ and serv
 the names exported here (the interface and the registry), never the modules behind them:
 
 * `load_video_llm(name)`: a plug-in by name (`registry`), with `model_name`, `model_frame_size`;
-* `VideoLLM`, `Question`, `Answer`, `GenerationConfig`: the interface (`interface`).
+* `VideoLLM`, `Question` (with its `Turn`s), `Answer`, `GenerationConfig`, `InvalidQuestion`:
+  the interface (`interface`).
 
 Modules: `interface`, `registry`, `chat` (the shared chat base), `decoder_loop` (the tensor loop:
 masks, prefill with the merge at layer K, a decode step), `generation` (sampling, stop strings,
@@ -13,7 +14,15 @@ streaming), `preprocess` (frames -> pixels), `llava_onevision`, `qwen2_5_vl` (on
 `tiny` (tiny random-weight models for tests and the offline demo).
 """
 
-from compression.models.interface import Answer, Frames, GenerationConfig, Question, VideoLLM
+from compression.models.interface import (
+    Answer,
+    Frames,
+    GenerationConfig,
+    InvalidQuestion,
+    Question,
+    Turn,
+    VideoLLM,
+)
 from compression.models.registry import (
     DEFAULT_MODEL,
     MODEL_ENV,
@@ -34,7 +43,9 @@ __all__ = [
     "Answer",
     "Frames",
     "GenerationConfig",
+    "InvalidQuestion",
     "Question",
+    "Turn",
     "VideoLLM",
     "load_video_llm",
     "model_frame_size",

@@ -13,19 +13,23 @@ too.
 
 from __future__ import annotations
 
+import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from copy import deepcopy
+from functools import cached_property
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 from torch import nn
 
 from compression.config import MergeConfig
 from compression.models.decoder_loop import LanguageModelParts, PromptSequence
 from compression.models.generation import GenerationRun
-from compression.models.interface import Answer, GenerationConfig, Question
+from compression.models.interface import Answer, GenerationConfig, InvalidQuestion, Question, Turn
 from compression.models.preprocess import as_frame_tensor
 from compression.token_set import EncodedVideo, TokenSet
 
@@ -34,6 +38,11 @@ if TYPE_CHECKING:
 
 
 _Hook = TypeVar("_Hook", bound="ScoreHook")
+
+# Private-use code points: chat-template markup never contains them, so they mark where a piece of
+# user text goes in the rendered prompt (`ChatVideoLLM.prompt_ids`).
+_PLACEHOLDER = "\ue000{}\ue001"
+_PLACEHOLDER_PATTERN = re.compile("\ue000([0-9]+)\ue001")
 
 
 class ScoreHook(ABC):
@@ -155,18 +164,53 @@ class ChatVideoLLM(ABC):
         content parts here; a template that wants a plain string overrides this)."""
         return {"role": "system", "content": [{"type": "text", "text": text}]}
 
+    def chat_messages(self, question: Question, text: Callable[[str], str] = str) -> list[dict]:
+        """The conversation in HF chat-template form: the system turn (if any), the earlier
+        turns, the question; the video part opens the first user turn. `text` maps each piece
+        of user-supplied text to what the template should print in its place."""
+        messages = [self._system_message(text(question.system))] if question.system else []
+        turns = [*question.history, Turn("user", question.text)]
+        for i, turn in enumerate(turns):
+            content: list[dict] = [{"type": "text", "text": text(turn.text)}]
+            if i == 0:
+                content.insert(0, {"type": "video"})
+            messages.append({"role": turn.role, "content": content})
+        return messages
+
     def prompt_ids(self, question: Question) -> tuple[list[int], list[int]]:
         """Token ids of the chat prompt before and after the single video placeholder token
-        (`model.config.video_token_id`), where the token set's tokens go."""
+        (`model.config.video_token_id`), where the token set's tokens go.
+
+        User-supplied text (question, system prompt, earlier turns) is text, never markup
+        (decision, issue 12): the template is rendered with a placeholder in place of each piece,
+        the template's own markup is tokenized as usual (its special tokens are meant), and each
+        piece on its own with special-token parsing off, so "<video>" or "<|im_end|>" typed by a
+        user cannot open a second video slot or end a turn. A tokenizer that has no other way to
+        spell such a string than its control token (a word-level vocabulary that lists it as a
+        word) makes that text an `InvalidQuestion` instead.
+        """
         if not isinstance(question.text, str) or not question.text.strip():
-            raise ValueError("a question needs non-empty text")
-        messages = [self._system_message(question.system)] if question.system else []
-        content = [{"type": "video"}, {"type": "text", "text": question.text}]
-        messages.append({"role": "user", "content": content})
-        prompt = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False
+            raise InvalidQuestion("a question needs non-empty text")
+        pieces: list[str] = []
+
+        def placeholder(text: str) -> str:
+            pieces.append(text)
+            return _PLACEHOLDER.format(len(pieces) - 1)
+
+        # What each piece is, in `chat_messages`' order, for the error that names it.
+        names = ["the system prompt"] if question.system else []
+        names += [f"earlier turn {i + 1}" for i in range(len(question.history))]
+        names.append("the question")
+
+        rendered = self.tokenizer.apply_chat_template(
+            self.chat_messages(question, placeholder), add_generation_prompt=True, tokenize=False
         )
-        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        ids: list[int] = []
+        for i, part in enumerate(_PLACEHOLDER_PATTERN.split(rendered)):
+            if i % 2:  # the split keeps each placeholder's number at the odd positions
+                ids += self._plain_text_ids(pieces[int(part)], names[int(part)])
+            elif part:
+                ids += self.tokenizer(part, add_special_tokens=False)["input_ids"]
         video_token = self.model.config.video_token_id
         slots = [i for i, token in enumerate(ids) if token == video_token]
         if len(slots) != 1:
@@ -174,6 +218,39 @@ class ChatVideoLLM(ABC):
                 f"the chat template must place exactly one video token, found {len(slots)}"
             )
         return ids[: slots[0]], ids[slots[0] + 1 :]
+
+    @cached_property
+    def _text_tokenizer(self) -> Tokenizer:
+        """A copy of the backend tokenizer that reads special-token strings as plain text (a copy:
+        flipping the shared tokenizer's flag per call would race between threads)."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise TypeError(f"{type(self.tokenizer).__name__} is not a fast (tokenizers) tokenizer")
+        copy = deepcopy(backend)
+        copy.encode_special_tokens = True
+        return copy
+
+    @cached_property
+    def _control_token_ids(self) -> frozenset[int]:
+        """Ids that user text must never produce: the special tokens (not <unk>, which a
+        word-level vocabulary gives every unknown word) and the video placeholder."""
+        tokenizer = self.tokenizer
+        ids = set(tokenizer.all_special_ids)
+        ids.update(i for i, token in tokenizer.added_tokens_decoder.items() if token.special)
+        ids.add(self.model.config.video_token_id)
+        ids.discard(tokenizer.unk_token_id)
+        return frozenset(ids)
+
+    def _plain_text_ids(self, text: str, name: str) -> list[int]:
+        ids = self._text_tokenizer.encode(text, add_special_tokens=False).ids
+        reserved = sorted({i for i in ids if i in self._control_token_ids})
+        if reserved:
+            tokens = ", ".join(repr(self.tokenizer.convert_ids_to_tokens(i)) for i in reserved)
+            raise InvalidQuestion(
+                f"{name} contains {tokens}, which this model's tokenizer can only read as a "
+                "control token; rephrase without it"
+            )
+        return ids
 
     def _check_token_set(self, token_set: TokenSet) -> None:
         if token_set.model_id and token_set.model_id != self.model_id:

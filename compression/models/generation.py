@@ -41,10 +41,17 @@ def sample_token(
     logits: torch.Tensor, generation: GenerationConfig, generator: torch.Generator | None
 ) -> int:
     """Next token of one sequence from its [vocab] logits: argmax, or seeded sampling on CPU
-    (temperature, then top-k, then top-p) so that a seed gives the same tokens on any device."""
+    (temperature, then top-k, then top-p) so that a seed gives the same tokens on any device.
+
+    Numerically safe for every valid setting (issue 12: temperature 1e-45 or top_p 1e-300 made an
+    invalid distribution): in float64, the logits are shifted so that the best is 0 before the
+    temperature divides them (tiny temperatures then give -inf, never inf - inf), and the most
+    likely token always survives top-p, so the distribution is never empty.
+    """
     if generation.greedy:
         return int(logits.argmax())
-    scores = logits.detach().float().cpu() / generation.temperature
+    scores = logits.detach().to(device="cpu", dtype=torch.float64)
+    scores = (scores - scores.max()) / generation.temperature
     if 0 < generation.top_k < scores.shape[0]:
         threshold = torch.topk(scores, generation.top_k).values[-1]
         scores = scores.masked_fill(scores < threshold, float("-inf"))
@@ -52,9 +59,9 @@ def sample_token(
     if generation.top_p < 1.0:
         sorted_probs, order = probs.sort(descending=True, stable=True)
         # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
-        before = sorted_probs.cumsum(0) - sorted_probs
-        sorted_probs = sorted_probs.masked_fill(before >= generation.top_p, 0.0)
-        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+        drop = sorted_probs.cumsum(0) - sorted_probs >= generation.top_p
+        drop[0] = False
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs.masked_fill(drop, 0.0))
     return int(torch.multinomial(probs, 1, generator=generator))
 
 

@@ -54,13 +54,49 @@ class GenerationConfig:
         return self.temperature == 0.0
 
 
+class InvalidQuestion(ValueError):
+    """A question the model cannot take as asked: the fault is in its text or turns (e.g. text
+    that this model's tokenizer can only read as a control token), not in the model or the
+    token set. Callers that serve users report it as the user's error."""
+
+
+@dataclass(frozen=True)
+class Turn:
+    """An earlier message of a conversation about the video: a user's question or the
+    assistant's answer, as plain text."""
+
+    role: Literal["user", "assistant"]
+    text: str
+
+
 @dataclass
 class Question:
-    """One question about one video's token set."""
+    """One question about one video's token set, possibly the next user turn of a conversation.
+
+    history: the earlier turns, oldest first: user, assistant, user, ..., assistant (so the
+    question is the next user turn). The video belongs to the first user turn (the first of
+    `history`, or the question itself when there is no history). Every token after the video,
+    earlier turns included, is text to the text-aware merge (METHOD.md section 5).
+    """
 
     token_set: TokenSet
     text: str
     system: str | None = None
+    history: tuple[Turn, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.history = tuple(self.history)
+        for i, turn in enumerate(self.history):
+            expected = "user" if i % 2 == 0 else "assistant"
+            if not isinstance(turn, Turn) or turn.role != expected:
+                raise InvalidQuestion(
+                    f"history turn {i} must be a {expected} Turn: turns alternate user, "
+                    "assistant, ... starting with the user"
+                )
+        if len(self.history) % 2:
+            raise InvalidQuestion(
+                "the history must end with an assistant turn (the question is the next user turn)"
+            )
 
 
 @dataclass

@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITE_PATH = ROOT / "bench" / "gpu_suite.py"
-NEVER = ("ray", "s3fs", "sqlalchemy")
+NEVER = ("ray", "s3fs", "sqlalchemy", "fastapi", "starlette")
 
 
 def load_suite() -> ModuleType:

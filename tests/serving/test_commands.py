@@ -1,11 +1,27 @@
-"""Argument handling of `tokenreel serve` / `tokenreel ask` (the HTTP round trip is in
-test_service.py)."""
+"""`tokenreel serve` / `tokenreel ask`: argument handling, and the real `tokenreel serve` in a
+subprocess (it fails fast when the cluster is too small, prints one log line per request, and
+stops with all of Ray's processes on SIGTERM, start-up included). The HTTP API is in
+test_service.py."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
+import httpx
+import psutil
 import pytest
+from service_helpers import free_port, write_indexed_videos
 
 from serving import ask_command, serve_command
 from tokenreel.cli import build_parser
@@ -54,3 +70,152 @@ def test_ask_reports_an_unreachable_server(capsys: pytest.CaptureFixture[str]) -
     )
     assert ask_command.run(args) == 1
     assert "cannot reach" in capsys.readouterr().err
+
+
+def test_edge_flags_map_to_settings() -> None:
+    args = build_parser("serve").parse_args(
+        [
+            "serve",
+            "--served-model-name",
+            "tiny",
+            "alias",
+            "--expose-source-uris",
+            "--request-timeout-s",
+            "30",
+            "--max-queued-requests",
+            "8",
+            "--skip-resource-check",
+        ]
+    )
+    settings = {k: getattr(args, k) for k in serve_command.SETTING_KEYS}
+    assert settings["served_model_names"] == ["tiny", "alias"]
+    assert settings["expose_source_uris"] is True and settings["request_timeout_s"] == 30
+    assert settings["max_queued_requests"] == 8 and args.skip_resource_check
+    defaults = build_parser("serve").parse_args(["serve"])
+    assert defaults.expose_source_uris is None and not defaults.skip_resource_check
+
+
+# -- the real command (a subprocess with its own local Ray) ----------------------------------------
+
+MARKER = "TOKENREEL_SERVE_TEST_MARKER"
+
+
+@dataclass
+class Served:
+    process: subprocess.Popen
+    url: str
+    marker: str  # in the environment of the command and of every Ray process it starts
+
+    def stop(self, timeout_s: float = 120) -> str:
+        """SIGTERM; the command's whole output once it exited."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.communicate(timeout=timeout_s)[0]
+
+
+@contextmanager
+def serving(store: Path, *flags: str) -> Iterator[Served]:
+    """`tokenreel serve` on a free port; whatever it leaves running is killed afterwards."""
+    marker = uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "TOKENREEL_API_KEY")}
+    env[MARKER] = marker
+    port = free_port()
+    command = [sys.executable, "-m", "tokenreel", "serve", "--store", str(store)]
+    command += ["--port", str(port), "--device", "cpu", *flags]
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        yield Served(process, f"http://127.0.0.1:{port}", marker)
+    finally:
+        for leftover in [process, *_tagged_processes(marker)]:
+            with contextlib.suppress(psutil.Error, OSError):
+                leftover.kill()
+
+
+def _tagged_processes(marker: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if process.environ().get(MARKER) == marker:
+                found.append(process)
+    return found
+
+
+def _assert_nothing_left(marker: str) -> None:
+    deadline = time.monotonic() + 30  # Ray's processes exit a moment after its shutdown
+    while (left := _tagged_processes(marker)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    names = [p.name() for p in left if p.is_running()]
+    assert not names, f"orphan processes after tokenreel serve stopped: {names}"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    root = tmp_path_factory.mktemp("served") / "store"
+    write_indexed_videos(root, ["servedvideo01"])
+    return root, "servedvideo01"
+
+
+@pytest.mark.slow
+def test_serve_fails_fast_when_the_cluster_cannot_hold_it(store) -> None:
+    """The issue's `--min-replicas 2` on a 2-CPU host hung silently: now a clear message."""
+    half = (os.cpu_count() or 2) / 2  # 2 replicas x half the CPUs + the HTTP replica's 0.1
+    flags = ("--min-replicas", "2", "--max-replicas", "2", "--num-cpus", str(half))
+    with serving(store[0], *flags) as served:
+        output = served.process.communicate(timeout=180)[0]
+        assert served.process.returncode == 2, output
+        assert "cannot hold the service" in output and "--min-replicas" in output
+        _assert_nothing_left(served.marker)
+
+
+def _wait_for(served: Served, path: str, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert served.process.poll() is None, served.process.communicate()[0]
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(served.url + path, timeout=5).status_code == 200:
+                return
+        time.sleep(1)
+    raise AssertionError(f"{path} never answered 200")
+
+
+@pytest.mark.slow
+def test_serve_logs_each_request_and_stops_cleanly_on_sigterm(store) -> None:
+    root, video = store
+    with serving(root, "--num-cpus", "0.5") as served:
+        _wait_for(served, "/readyz")
+        response = httpx.post(
+            f"{served.url}/v1/videos/{video}/ask",
+            json={"question": "what happens ?", "max_new_tokens": 3, "merge": {"layer": 2}},
+            timeout=60,
+        )
+        assert response.status_code == 200, response.text
+        missing = httpx.get(f"{served.url}/v1/videos/0123456789abcdef", timeout=30)
+        assert missing.status_code == 404
+        time.sleep(2)  # the replica's log reaches this command's output through Ray
+        output = served.stop()
+        assert served.process.returncode == 0, output
+        lines = [line for line in output.splitlines() if " -- request " in line]
+        asks = [line for line in lines if f"POST /v1/videos/{video}/ask status=200" in line]
+        assert len(asks) == 1, output
+        assert f"video={video}" in asks[0] and "ttft_s=" in asks[0]
+        assert "generated_tokens=" in asks[0]
+        assert any("status=404 error=video_not_found" in line for line in lines), output
+        assert "stopping..." in output
+        _assert_nothing_left(served.marker)
+
+
+@pytest.mark.slow
+def test_sigterm_during_start_up_leaves_no_ray_processes(store) -> None:
+    with serving(store[0], "--num-cpus", "0.5") as served:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # until Serve starts the replicas (the issue's phase)
+            names = [p.name() for p in _tagged_processes(served.marker)]
+            if any("ServeReplica" in name for name in names):
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("Serve never started a replica")
+        output = served.stop()
+        assert served.process.returncode == 0, output
+        _assert_nothing_left(served.marker)

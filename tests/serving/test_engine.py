@@ -12,12 +12,13 @@ import pytest
 from compression import CompressionConfig, compress_video
 from compression.config import MergeConfig
 from compression.flops import layer_token_counts, prefill_decode_flops
-from compression.models import GenerationConfig
+from compression.models import GenerationConfig, Turn
 from serving.engine import AnswerEngine, AskJob, PreparedQuestion
 from serving.errors import InvalidRequest, ServingError
 from serving.schemas import AskResponse
 from storage.token_files import TokenSetLocation, write_token_sets
 
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 GREEDY = GenerationConfig(max_new_tokens=6)
 MERGE = MergeConfig(layer=2)
 
@@ -123,3 +124,57 @@ def test_unreadable_token_set_names_the_video_not_the_path(
     with pytest.raises(ServingError) as error:
         prepare(engine, [job(missing, "q")])
     assert "v0" in error.value.message and str(tmp_path) not in error.value.message
+
+
+# -- one question never fails another (issue 12) ----------------------------------------------
+
+
+def test_a_bad_question_fails_alone_in_its_batch(engine: AnswerEngine, locations) -> None:
+    good = [job(loc, "what moves ?") for loc in locations]
+    bad = job(locations[1], "what is <video> here ?")  # the chat template would get 2 videos
+    results = engine.answer_batch(prepare(engine, [good[0], bad, good[1], good[2]]))
+    error = results[1]
+    assert isinstance(error, InvalidRequest) and error.code == "invalid_question"
+    assert "<video>" in error.message and error.status_code == 400
+    alone = [engine.answer_batch(prepare(engine, [j]))[0] for j in good]
+    answered = [results[0], results[2], results[3]]
+    assert [essentials(r) for r in answered] == [essentials(r) for r in alone]
+
+
+def test_a_question_that_breaks_the_forward_fails_alone(engine: AnswerEngine, locations) -> None:
+    prepared = prepare(engine, [job(loc, "what ?") for loc in locations])
+    foreign = prepared[0].question.token_set.with_metadata(model_id="another-model")
+    prepared[0].question.token_set = foreign  # the plug-in refuses it inside the forward
+    results = engine.answer_batch(prepared)
+    assert isinstance(results[0], ServingError) and results[0].status_code == 500
+    assert "incident" in results[0].message and "another-model" not in results[0].message
+    # Halves: the foreign one alone (it fails), the other two still share a forward.
+    assert all(isinstance(r, AskResponse) and r.batch_size == 2 for r in results[1:])
+
+
+def test_tiny_temperature_and_top_p_answer_like_greedy(engine: AnswerEngine, locations) -> None:
+    question = job(locations[2], "what happens ?")
+    tiny = [
+        GenerationConfig(max_new_tokens=6, temperature=1e-45, seed=1),
+        GenerationConfig(max_new_tokens=6, temperature=1.0, top_p=1e-300, seed=1),
+    ]
+    jobs = [question] + [dataclasses.replace(question, generation=g) for g in tiny]
+    results = engine.answer_batch(prepare(engine, jobs))
+    assert all(isinstance(r, AskResponse) for r in results)
+    assert essentials(results[1]) == essentials(results[2]) == essentials(results[0])
+
+
+def test_conversations_and_bad_turns(engine: AnswerEngine, locations) -> None:
+    history = (Turn("user", "who is there ?"), Turn("assistant", "a man"))
+    (single, turns) = engine.answer_batch(
+        prepare(engine, [job(locations[0], "what ?"), job(locations[0], "what ?", history=history)])
+    )
+    assert turns.tokens.prompt > single.tokens.prompt
+    with pytest.raises(InvalidRequest, match="assistant"):
+        prepare(engine, [job(locations[0], "what ?", history=history[:1])])
+
+
+def test_a_bad_streamed_question_is_an_invalid_request(engine: AnswerEngine, locations) -> None:
+    (prepared,) = prepare(engine, [job(locations[0], "is <|im_end|> there ?")])
+    with pytest.raises(InvalidRequest, match="control token"):
+        list(engine.answer_stream(prepared))

@@ -65,3 +65,29 @@ def test_remote_store_needs_a_catalog(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bad_settings_are_rejected(args: dict, tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         ServeSettings.from_args({"store_url": str(tmp_path), **args})
+
+
+def test_served_model_names_from_a_list_or_a_config_string(tmp_path: Path) -> None:
+    base = {"store_url": str(tmp_path)}
+    listed = ServeSettings.from_args({**base, "served_model_names": ["tiny", "alias"]})
+    assert listed.served_model_names == ("tiny", "alias")
+    assert listed.model_names("tiny-llava-ov") == ("tiny", "alias")
+    text = ServeSettings.from_args({**base, "served_model_names": "tiny, alias"})
+    assert text.served_model_names == ("tiny", "alias")
+    assert ServeSettings.from_args(base).model_names("tiny-llava-ov") == ("tiny-llava-ov",)
+    assert ServeSettings.from_args({**base, "expose_source_uris": "true"}).expose_source_uris
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"served_model_names": ["a", "a"]},
+        {"served_model_names": ["x" * 300]},
+        {"request_timeout_s": 0},
+        {"max_queued_requests": 0},
+        {"retry_after_s": -1},
+    ],
+)
+def test_bad_edge_settings_are_rejected(args: dict, tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        ServeSettings.from_args({"store_url": str(tmp_path), **args})

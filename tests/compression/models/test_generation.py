@@ -4,10 +4,11 @@ EOS, stop strings and streaming."""
 from __future__ import annotations
 
 import pytest
+import torch
 from loop_inputs import OFF, greedy, ids_text, make_sequence
 
 from compression.config import MergeConfig
-from compression.models.generation import GenerationRun
+from compression.models.generation import GenerationRun, sample_token
 from compression.models.interface import GenerationConfig
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -70,3 +71,43 @@ def test_streamed_pieces_concatenate_to_the_text(llm, parts):
     pieces = [p[0] for p in run]
     assert len(pieces) == 6
     assert "".join(pieces) == run.answers[0].text == ids_text(run.answers[0].token_ids)
+
+
+# -- sampling ---------------------------------------------------------------------------------
+def _logits(seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return (torch.randn(128, generator=torch.Generator().manual_seed(seed)) * 8).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"temperature": 1e-45},  # float32's smallest subnormal: the division overflowed to inf
+        {"temperature": 5e-324},  # float64's
+        {"temperature": 1.0, "top_p": 1e-300},  # 0 in float32: even the best token was dropped
+        {"temperature": 1.0, "top_p": 5e-324},
+        {"temperature": 1e-45, "top_p": 1e-300, "top_k": 3},
+    ],
+)
+def test_tiny_temperature_or_top_p_samples_the_best_token(settings: dict, dtype) -> None:
+    generation = GenerationConfig(seed=0, **settings)
+    for seed in range(5):
+        logits = _logits(seed, dtype)
+        generator = torch.Generator().manual_seed(seed)
+        assert sample_token(logits, generation, generator) == int(logits.argmax())
+
+
+def test_top_p_keeps_the_smallest_prefix_reaching_its_mass() -> None:
+    logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()
+    generator = torch.Generator().manual_seed(0)
+    for top_p, support in ((0.6, {0, 1}), (0.5, {0}), (0.81, {0, 1, 2}), (1.0, {0, 1, 2, 3})):
+        generation = GenerationConfig(temperature=1.0, top_p=top_p)
+        drawn = {sample_token(logits, generation, generator) for _ in range(400)}
+        assert drawn == support, top_p
+
+
+def test_huge_logits_and_masked_tokens_sample_cleanly() -> None:
+    logits = torch.tensor([3e38, -3e38, float("-inf"), 3e38])
+    generation = GenerationConfig(temperature=0.01, seed=1)
+    generator = torch.Generator().manual_seed(1)
+    assert {sample_token(logits, generation, generator) for _ in range(50)} == {0, 3}
