@@ -189,22 +189,7 @@ class ChatVideoLLM(ABC):
         spell such a string than its control token (a word-level vocabulary that lists it as a
         word) makes that text an `InvalidQuestion` instead.
         """
-        if not isinstance(question.text, str) or not question.text.strip():
-            raise InvalidQuestion("a question needs non-empty text")
-        pieces: list[str] = []
-
-        def placeholder(text: str) -> str:
-            pieces.append(text)
-            return _PLACEHOLDER.format(len(pieces) - 1)
-
-        # What each piece is, in `chat_messages`' order, for the error that names it.
-        names = ["the system prompt"] if question.system else []
-        names += [f"earlier turn {i + 1}" for i in range(len(question.history))]
-        names.append("the question")
-
-        rendered = self.tokenizer.apply_chat_template(
-            self.chat_messages(question, placeholder), add_generation_prompt=True, tokenize=False
-        )
+        rendered, pieces, names = self._rendered_template(question)
         ids: list[int] = []
         for i, part in enumerate(_PLACEHOLDER_PATTERN.split(rendered)):
             if i % 2:  # the split keeps each placeholder's number at the odd positions
@@ -218,6 +203,31 @@ class ChatVideoLLM(ABC):
                 f"the chat template must place exactly one video token, found {len(slots)}"
             )
         return ids[: slots[0]], ids[slots[0] + 1 :]
+
+    def prompt_text(self, question: Question) -> str:
+        """The chat prompt as text, the user's pieces in place (what `prompt_ids` tokenizes; for
+        reading and for comparing against a reference template)."""
+        rendered, pieces, _ = self._rendered_template(question)
+        return _PLACEHOLDER_PATTERN.sub(lambda match: pieces[int(match.group(1))], rendered)
+
+    def _rendered_template(self, question: Question) -> tuple[str, list[str], list[str]]:
+        """The chat template rendered with a placeholder for each user-supplied piece, the
+        pieces, and what each piece is (for the error that names it), in `chat_messages`' order."""
+        if not isinstance(question.text, str) or not question.text.strip():
+            raise InvalidQuestion("a question needs non-empty text")
+        pieces: list[str] = []
+
+        def placeholder(text: str) -> str:
+            pieces.append(text)
+            return _PLACEHOLDER.format(len(pieces) - 1)
+
+        names = ["the system prompt"] if question.system else []
+        names += [f"earlier turn {i + 1}" for i in range(len(question.history))]
+        names.append("the question")
+        rendered = self.tokenizer.apply_chat_template(
+            self.chat_messages(question, placeholder), add_generation_prompt=True, tokenize=False
+        )
+        return rendered, pieces, names
 
     @cached_property
     def _text_tokenizer(self) -> Tokenizer:

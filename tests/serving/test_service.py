@@ -176,7 +176,13 @@ def test_ask_returns_the_answer_with_its_figures(service: Service) -> None:
     body = response.json()
     tokens, flops = body["tokens"], body["flops"]
     assert body["video_id"] == service.videos[0] and body["model"] == service.model
-    assert body["merge"] == {"method": "text_aware", "layer": 2, "keep_ratio": 0.5, "lam": 0.5}
+    assert body["merge"] == {
+        "method": "text_aware",
+        "layer": 2,
+        "keep_ratio": 0.5,
+        "lam": 0.5,
+        "later_steps": [],
+    }
     assert tokens["visual_in"] < tokens["original_visual"]
     assert tokens["visual_after_merge"] == -(-tokens["visual_in"] // 2)  # ceil(R |V|)
     assert 1 <= tokens["completion"] <= 6
