@@ -7,7 +7,9 @@ sub-modules the encoder names, and fills them with exactly their tensors from th
 
 * sharded checkpoints: `model.safetensors.index.json`'s `weight_map` says which shard holds each
   tensor; only the shards holding a wanted tensor are opened (and, for a hub id, downloaded);
-* `safetensors.safe_open(...).get_tensor(key)` reads one tensor at a time, only the wanted ones;
+* `safetensors.safe_open(...).get_tensor(key)` reads one tensor at a time, only the wanted ones
+  (a single-file checkpoint is fetched whole from the hub, but still only its vision tensors are
+  read);
 * checkpoint key names go through transformers' own key conversion for the model class (the same
   renamings `from_pretrained` applies: e.g. LLaVA-OV's `vision_tower.*` -> `model.vision_tower.*`,
   Qwen2.5-VL's `visual.*` -> `model.visual.*`), so hub checkpoints and checkpoints saved by the

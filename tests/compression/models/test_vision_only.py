@@ -193,3 +193,9 @@ def test_tiny_models_by_name_give_their_encoder() -> None:
         assert isinstance(encoder, plugin.encoder_class) and encoder.model_id == name
         video = frames(2, seed=5)
         assert torch.equal(encoder.encode(video).tokens, plugin.tiny().encode(video).tokens)
+
+
+@pytest.mark.parametrize("name", ["", "  ", None])
+def test_load_video_encoder_rejects_empty_names(name) -> None:
+    with pytest.raises(ValueError, match="non-empty"):
+        load_video_encoder(name)
