@@ -4,7 +4,8 @@ A plug-in (one file per model family: `llava_onevision.py`, `qwen2_5_vl.py`) doe
 
 * encode: decoded frames -> projected visual tokens with their (t, h, w) grid index and
   per-token contribution scores (METHOD.md section 1): an `EncodedVideo`, ready for
-  `compression.compress_video`;
+  `compression.compress_video`; a `VideoEncoder` does only this, with only the vision side of
+  the model loaded;
 * answer: `Question`s over `TokenSet`s -> `Answer`s, with the text-aware merge (or FastV, or
   nothing) applied inside the LLM at layer K (METHOD.md section 5), decoded with a
   `GenerationConfig`.
@@ -125,13 +126,28 @@ class Answer:
 
 
 @runtime_checkable
-class VideoLLM(Protocol):
-    """The interface jobs/ and serving/ program against."""
+class VideoEncoder(Protocol):
+    """What the indexing job's encode workers program against: frames -> `EncodedVideo`.
+
+    Every `VideoLLM` is one; `load_video_encoder` gives one that holds only the vision side of
+    the model (no language model), which is all encoding and contribution scores need.
+    """
 
     model_id: str
     family: str  # "llava_onevision" | "qwen2_5_vl"
     device: torch.device
     dtype: torch.dtype
+
+    def encode(self, frames: Frames, timestamps: Sequence[float] | None = None) -> EncodedVideo: ...
+
+    def encode_batch(
+        self, videos: Sequence[Frames], timestamps: Sequence[Sequence[float] | None] | None = None
+    ) -> list[EncodedVideo]: ...
+
+
+@runtime_checkable
+class VideoLLM(VideoEncoder, Protocol):
+    """The interface jobs/ and serving/ program against to answer (and encode)."""
 
     @property
     def hidden_size(self) -> int: ...
@@ -141,12 +157,6 @@ class VideoLLM(Protocol):
 
     @property
     def num_layers(self) -> int: ...
-
-    def encode(self, frames: Frames, timestamps: Sequence[float] | None = None) -> EncodedVideo: ...
-
-    def encode_batch(
-        self, videos: Sequence[Frames], timestamps: Sequence[Sequence[float] | None] | None = None
-    ) -> list[EncodedVideo]: ...
 
     def answer(
         self,
