@@ -6,19 +6,25 @@ the names exported here (the interface and the registry), never the modules behi
 
 * `load_video_llm(name)`: a plug-in by name (`registry`), with `model_name`, `model_frame_size`;
 * `VideoLLM`, `Question` (with its `Turn`s), `Answer`, `GenerationConfig`, `InvalidQuestion`:
-  the interface (`interface`).
+  the interface (`interface`);
+* `DecodeBatch` (from `VideoLLM.continuous_batch`), `JoinRequest`, `BatchEvent`: the running
+  decode batch that questions join and leave between steps (`scheduler`).
 
 Modules: `interface`, `registry`, `chat` (the shared chat base), `decoder_loop` (the tensor loop:
 masks, prefill with the merge at layer K, a decode step), `generation` (sampling, stop strings,
 streaming), `preprocess` (frames -> pixels), `llava_onevision`, `qwen2_5_vl` (one file per family),
-`tiny` (tiny random-weight models for tests and the offline demo).
+`scheduler` (continuous batching), `prefix_cache` (per-video prefix reuse), `tiny` (tiny
+random-weight models for tests and the offline demo).
 """
 
 from compression.models.interface import (
     Answer,
+    BatchEvent,
+    DecodeBatch,
     Frames,
     GenerationConfig,
     InvalidQuestion,
+    JoinRequest,
     Question,
     Turn,
     VideoLLM,
@@ -41,9 +47,12 @@ __all__ = [
     "TINY_MODELS",
     "TINY_QWEN2_5_VL",
     "Answer",
+    "BatchEvent",
+    "DecodeBatch",
     "Frames",
     "GenerationConfig",
     "InvalidQuestion",
+    "JoinRequest",
     "Question",
     "Turn",
     "VideoLLM",
