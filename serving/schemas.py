@@ -121,6 +121,11 @@ class TokenCounts(BaseModel):
     visual_after_merge: int = Field(description="visual tokens left after the merge at layer K")
     prompt: int = Field(description="prompt length in tokens, visual tokens included")
     completion: int = Field(description="generated tokens")
+    prompt_cached: int = Field(
+        0,
+        description="prompt tokens (system prompt and video) whose states came from the "
+        "replica's per-video prefix cache instead of being prefilled again",
+    )
 
 
 class FlopsFigures(BaseModel):

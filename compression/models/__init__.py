@@ -7,21 +7,26 @@ the names exported here (the interface and the registry), never the modules behi
 * `load_video_llm(name)`: a plug-in by name (`registry`), with `model_name`, `model_frame_size`;
 * `load_video_encoder(name)`: only its vision side, for encoding (`registry`, `vision_checkpoint`);
 * `VideoLLM`, `VideoEncoder`, `Question` (with its `Turn`s), `Answer`, `GenerationConfig`,
-  `InvalidQuestion`: the interface (`interface`).
+  `InvalidQuestion`: the interface (`interface`);
+* `DecodeBatch` (from `VideoLLM.continuous_batch`), `JoinRequest`, `BatchEvent`: the running
+  decode batch that questions join and leave between steps (`scheduler`).
 
 Modules: `interface`, `registry`, `encoder` (the shared encoder base), `vision_checkpoint`
 (reading only the vision tensors of a checkpoint), `chat` (the shared chat base), `decoder_loop`
 (the tensor loop: masks, prefill with the merge at layer K, a decode step), `generation`
 (sampling, stop strings, streaming), `preprocess` (frames -> pixels), `llava_onevision`,
-`qwen2_5_vl` (one file per family), `tiny` (tiny random-weight models for tests and the offline
-demo).
+`qwen2_5_vl` (one file per family), `scheduler` (continuous batching), `prefix_cache` (per-video
+prefix reuse), `tiny` (tiny random-weight models for tests and the offline demo).
 """
 
 from compression.models.interface import (
     Answer,
+    BatchEvent,
+    DecodeBatch,
     Frames,
     GenerationConfig,
     InvalidQuestion,
+    JoinRequest,
     Question,
     Turn,
     VideoEncoder,
@@ -46,9 +51,12 @@ __all__ = [
     "TINY_MODELS",
     "TINY_QWEN2_5_VL",
     "Answer",
+    "BatchEvent",
+    "DecodeBatch",
     "Frames",
     "GenerationConfig",
     "InvalidQuestion",
+    "JoinRequest",
     "Question",
     "Turn",
     "VideoEncoder",

@@ -29,6 +29,8 @@ from compression.config import MergeConfig
 from compression.models.decoder_loop import LanguageModelParts, PromptSequence
 from compression.models.generation import GenerationRun
 from compression.models.interface import Answer, GenerationConfig, InvalidQuestion, Question, Turn
+from compression.models.prefix_cache import PrefixCache
+from compression.models.scheduler import ContinuousBatch
 from compression.token_set import EncodedVideo, TokenSet
 
 if TYPE_CHECKING:
@@ -259,6 +261,18 @@ class ChatVideoLLM(ABC):
         if self.tokenizer.eos_token_id is not None:
             ids.add(self.tokenizer.eos_token_id)
         return frozenset(ids)
+
+    def continuous_batch(self, prefix_cache_bytes: int = 0) -> ContinuousBatch:
+        """A running decode batch over this model that questions join and leave between steps
+        (`compression.models.scheduler`), with a per-video prefix cache of at most
+        `prefix_cache_bytes` (0: no prefix reuse)."""
+        return ContinuousBatch(
+            self.language_model_parts(),
+            self.prompt_sequence,
+            decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
+            eos_token_ids=self.eos_token_ids,
+            prefix_cache=PrefixCache(prefix_cache_bytes) if prefix_cache_bytes else None,
+        )
 
     def _run(
         self, questions: Sequence[Question], merge: MergeConfig, generation: GenerationConfig

@@ -306,6 +306,7 @@ class LlavaOneVision(ChatVideoLLM):
             visual=slice(start, stop),
             text_start=stop + 1,
             visual_sizes=question.token_set.size.to(self.device),
+            prefix_key=tuple(prefix),
         )
 
 

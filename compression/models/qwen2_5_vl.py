@@ -502,4 +502,5 @@ class Qwen2_5_VL(ChatVideoLLM):
             visual=slice(start, stop),
             text_start=stop + 1 if suffix[:1] == [self.model.config.vision_end_token_id] else stop,
             visual_sizes=token_set.size.to(self.device),
+            prefix_key=tuple(prefix),
         )
