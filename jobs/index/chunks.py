@@ -84,7 +84,8 @@ class Chunk:
 
 def frame_times(path: str) -> list[float]:
     """Presentation times (seconds, ascending) of every frame of the first video stream, read
-    from the packets without decoding; DecodeError when there are none."""
+    from the packets without decoding, from the stream's start time (an MPEG-TS stream starts
+    past 0); DecodeError when there are none."""
     try:
         container = av.open(path)
     except av.error.FFmpegError as exc:
@@ -93,7 +94,7 @@ def frame_times(path: str) -> list[float]:
         if not container.streams.video:
             raise DecodeError("no video stream")
         stream = container.streams.video[0]
-        base = float(stream.time_base)
+        base, origin = float(stream.time_base), _origin(stream)
         stamps = []
         for packet in container.demux(stream):
             stamp = packet.pts if packet.pts is not None else packet.dts
@@ -101,9 +102,12 @@ def frame_times(path: str) -> list[float]:
                 stamps.append(stamp)
     if not stamps:
         raise DecodeError("the video stream has no frames")
-    stamps.sort()
-    start = stamps[0]  # a stream may start past 0 (MPEG-TS): times are from its first frame
-    return [(s - start) * base for s in stamps]
+    return [(s - origin) * base for s in sorted(stamps)]
+
+
+def _origin(stream: Any) -> int:
+    """The pts that time 0 of `frame_times` stands for."""
+    return int(stream.start_time) if stream.start_time is not None else 0
 
 
 def plan_windows(times: Sequence[float], chunk_seconds: float) -> list[tuple[Window, list[int]]]:
@@ -114,14 +118,14 @@ def plan_windows(times: Sequence[float], chunk_seconds: float) -> list[tuple[Win
     last = times[-1]
     return [
         (
-            Window(k, k * chunk_seconds, min((k + 1) * chunk_seconds, _end_of(times, last))),
+            Window(k, k * chunk_seconds, min((k + 1) * chunk_seconds, video_end(times, last))),
             members,
         )
         for k, members in sorted(windows.items())
     ]
 
 
-def _end_of(times: Sequence[float], last: float) -> float:
+def video_end(times: Sequence[float], last: float) -> float:
     """The video's end: the last frame's time plus one frame interval (the median one)."""
     step = float(np.median(np.diff(times))) if len(times) > 1 else 1.0
     return last + max(step, 1e-3)
@@ -150,32 +154,15 @@ def decode_window(
     indices: Sequence[int],
     frame_size: int | None,
 ) -> WindowFrames:
-    """Decode the frames `indices` (ascending, repeats allowed) of one window with PyAV."""
+    """Decode the frames `indices` (ascending, repeats allowed) of one window with PyAV: seek to
+    the keyframe before the first, decode on to the last. When the seek overshoots (MPEG-TS
+    seeks by byte estimates), decode from the start instead."""
     wanted = sorted(set(indices))
     images: dict[int, np.ndarray] = {}
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        stream.codec_context.thread_count = 1
-        base = float(stream.time_base)
-        origin = _first_pts(container, stream)
-        container.seek(origin + round(times[wanted[0]] / base), stream=stream, backward=True)
-        position = 0
-        for frame in _frames(container, stream):
-            if frame.pts is None:
-                continue
-            t = (frame.pts - origin) * base
-            while position < len(wanted) and times[wanted[position]] < t - 1e-6:
-                position += 1  # a frame that never decoded: the next one stands in (below)
-            if position == len(wanted):
-                break
-            if abs(times[wanted[position]] - t) <= 1e-6:
-                width, height = scaled_size(frame.width, frame.height, frame_size)
-                images[wanted[position]] = frame.to_ndarray(
-                    format="rgb24", width=width, height=height
-                )
-                position += 1
-                if position == len(wanted):
-                    break
+    for seek in (True, False):
+        images = _decode_frames(path, times, wanted, frame_size, seek)
+        if wanted[0] in images:
+            break
     if not images:
         raise DecodeError(f"no frame of window {window.index} could be decoded")
     decoded = sorted(images)
@@ -188,13 +175,36 @@ def decode_window(
     )
 
 
-def _first_pts(container: Any, stream: Any) -> int:
-    for packet in container.demux(stream):
-        stamp = packet.pts if packet.pts is not None else packet.dts
-        if packet.size and stamp is not None:
-            container.seek(stamp, stream=stream, backward=True)
-            return int(stamp)
-    raise DecodeError("the video stream has no frames")
+def _decode_frames(
+    path: str, times: Sequence[float], wanted: list[int], frame_size: int | None, seek: bool
+) -> dict[int, np.ndarray]:
+    """{frame index: RGB image} of the `wanted` frames found decoding from a seek (or from the
+    start) on."""
+    images: dict[int, np.ndarray] = {}
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1
+        base, origin = float(stream.time_base), _origin(stream)
+        if seek:
+            container.seek(origin + round(times[wanted[0]] / base), stream=stream, backward=True)
+        position = 0
+        for frame in _frames(container, stream):
+            if frame.pts is None:
+                continue
+            t = (frame.pts - origin) * base
+            while position < len(wanted) and times[wanted[position]] < t - 1e-6:
+                position += 1  # a frame that never decoded: a later one stands in
+            if position == len(wanted):
+                break
+            if abs(times[wanted[position]] - t) <= 1e-6:
+                width, height = scaled_size(frame.width, frame.height, frame_size)
+                images[wanted[position]] = frame.to_ndarray(
+                    format="rgb24", width=width, height=height
+                )
+                position += 1
+                if position == len(wanted):
+                    break
+    return images
 
 
 def _frames(container: Any, stream: Any) -> Iterator[Any]:
@@ -250,7 +260,7 @@ def index_long_video(
             video = sample_video(copy.path, settings)
             encoded = llm.encode(video.frames, video.timestamps)
             token_set = compress_video(encoded, config).with_metadata(**metadata).to("cpu")
-            chunks = [Chunk(Window(0, 0.0, _end_of(times, times[-1])), token_set)]
+            chunks = [Chunk(Window(0, 0.0, video_end(times, times[-1])), token_set)]
         else:
             chunk_config = config.chunk_config()
             chunks = [

@@ -47,6 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="with --chunk-seconds: sample this many frames per second instead of --frames",
     )
+    add(
+        "--follow",
+        action="store_true",
+        help="SOURCE is live (an .m3u8 playlist, a directory receiving segments, a growing "
+        "file): index new chunks as they complete until SIGINT/SIGTERM (jobs.index.follow)",
+    )
+    add("--poll-seconds", type=float, default=2.0, help="with --follow: seconds between polls")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,6 +67,10 @@ def run(args: argparse.Namespace) -> int:
             knn_k=args.knn_k,
             method=args.method,
         )
+        if args.follow:
+            from jobs.index.follow import run_follow_command
+
+            return run_follow_command(args, config)
         summary = index_videos(
             args.source,
             store_url=args.store,
