@@ -161,6 +161,11 @@ class CompressionConfig:
             if self.fps is not None or self.chunk_ratio_factor != 4.0:
                 raise ValueError("fps and chunk_ratio_factor apply to chunked indexing only")
             return
+        if self.method != "ours":
+            raise ValueError(
+                f"chunked indexing pools chunk sets with the paper's method one level up; "
+                f"method {self.method!r} has no hierarchical form"
+            )
         positive("chunk_seconds", self.chunk_seconds, 86_400.0)
         positive("chunk_ratio_factor", self.chunk_ratio_factor, 1_000.0)
         if self.chunk_ratio_factor < 1:

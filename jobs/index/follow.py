@@ -28,8 +28,9 @@ Decisions:
   below it is never indexed again (never recorded twice).
 * A unit that cannot be decoded (a truncated segment still being written, a playlist entry
   whose object is not there yet) is retried at the next poll; once a later unit is complete and
-  the unit has failed `max_attempts` times, it is skipped (logged, its number left as a gap), so
-  that one broken segment cannot stall a live stream forever.
+  the unit has failed `max_attempts` times, it is skipped (logged, its number left as a gap, its
+  length not counted: later chunks start where the last indexed one ended), so that one broken
+  segment cannot stall a live stream forever; a restart tries it again.
 * A segment is one chunk whatever its length (segments are a few seconds in practice);
   `chunk_seconds` is still part of the config key, and is the window length of a growing file.
 * Stopping: `stop` (a threading.Event; the command sets it on SIGINT/SIGTERM) is checked

@@ -44,6 +44,7 @@ def test_chunk_sets_keep_k_times_the_video_ratio() -> None:
         {"chunk_seconds": 60.0, "fps": -1.0},
         {"chunk_seconds": 60.0, "fps": 30.0},  # 1,800 frames a window
         {"chunk_seconds": 60.0, "chunk_ratio_factor": 0.5},
+        {"chunk_seconds": 60.0, "method": "random"},
     ],
 )
 def test_bad_chunk_settings_are_refused(settings: dict) -> None:
