@@ -11,9 +11,10 @@ is a 503 with `Retry-After`; `/readyz` says whether a model replica answers.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
 
@@ -61,6 +62,7 @@ from serving.schemas import (
     VideoList,
 )
 from serving.settings import ServeSettings
+from serving.time_range import check_time_range, chunks_for_range
 from storage.catalog import Catalog, VideoRecord, VideoStatus
 from storage.ids import validate_video_id
 
@@ -219,8 +221,10 @@ class ApiServer:
         generation: GenerationConfig,
         deadline: float,
         history: tuple[Turn, ...] = (),
+        time_range: Sequence[float] | None = None,
     ) -> AskJob:
-        """Validate everything about one question and locate its token set."""
+        """Validate everything about one question and locate its token set (with a time range:
+        the chunk sets overlapping it, `serving.time_range`)."""
         video_id = checked_video_id(video_id)
         info = await self.model_info(deadline)
         try:
@@ -232,7 +236,17 @@ class ApiServer:
         location = await asyncio.to_thread(self.catalog.locate, video_id, model_id=info.model_id)
         if location is None:
             await self._raise_unavailable(video_id, info.model_id)
-        return AskJob(video_id, location, question, system, merge_config, generation, history)
+        job = AskJob(video_id, location, question, system, merge_config, generation, history)
+        if time_range is None:
+            return job
+        chunks = await asyncio.to_thread(
+            chunks_for_range, self.catalog, location, check_time_range(time_range)
+        )
+        return dataclasses.replace(
+            job,
+            chunks=tuple(c.location for c in chunks),
+            chunks_span=(chunks[0].start_s, chunks[-1].end_s),
+        )
 
     async def _raise_unavailable(self, video_id: str, model_id: str) -> None:
         record = await asyncio.to_thread(self.catalog.get_video, video_id, model_id)
@@ -444,7 +458,13 @@ async def ask(server: Server, record: Record, video_id: str, body: AskRequest) -
     record.video_id = video_id
     generation = body.generation_config()
     job = await server.job_for(
-        video_id, body.question, body.system, body.merge, generation, deadline
+        video_id,
+        body.question,
+        body.system,
+        body.merge,
+        generation,
+        deadline,
+        time_range=body.time_range,
     )
     response = await server.ask(job, deadline, param="question")
     response.timings.total_s = time.perf_counter() - started
@@ -476,6 +496,7 @@ async def chat_completions(server: Server, record: Record, body: ChatCompletionR
         chat.generation,
         deadline,
         chat.history,
+        chat.time_range,
     )
     request_id = openai_compat.completion_id()
     if not body.stream:

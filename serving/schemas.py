@@ -97,10 +97,20 @@ class _GenerationFields(BaseModel):
     stop: list[StopSequence] = Field(default_factory=list, max_length=MAX_STOP_SEQUENCES)
 
 
+# [start_s, end_s] of a question over a time range (issue 14; `serving.time_range` checks it
+# against the indexed chunks). Numbers, JSON ints included (strict mode takes ints as floats).
+TimeRange = Annotated[list[float], Field(min_length=2, max_length=2)]
+TIME_RANGE_DESCRIPTION = (
+    "[start_s, end_s]: answer over the chunks of a video indexed with --chunk-seconds that "
+    "overlap this range (0 <= start_s < end_s)"
+)
+
+
 class AskRequest(_Strict, _GenerationFields):
     question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
     system: str | None = Field(default=None, min_length=1, max_length=MAX_SYSTEM_CHARS)
     merge: MergeSettings = Field(default_factory=MergeSettings)
+    time_range: TimeRange | None = Field(default=None, description=TIME_RANGE_DESCRIPTION)
 
     _question_not_blank = field_validator("question", "system")(_not_blank)
 
@@ -245,8 +255,8 @@ class StreamOptions(_Strict):
 
 
 class ChatCompletionRequest(BaseModel):
-    """OpenAI's request body. Extensions: `video_id` (instead of a video part), `merge`, and
-    vLLM's `top_k`.
+    """OpenAI's request body. Extensions: `video_id` (instead of a video part), `merge`,
+    `time_range` (issue 14) and vLLM's `top_k`.
 
     Conversation shape (decision): system/developer messages first, then user and assistant
     messages alternating, starting and ending with a user message; the video belongs to the
@@ -260,6 +270,7 @@ class ChatCompletionRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     video_id: str | None = Field(default=None, max_length=128)
     merge: MergeSettings | None = None
+    time_range: TimeRange | None = Field(default=None, description=TIME_RANGE_DESCRIPTION)
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)

@@ -59,6 +59,44 @@ def load_checkpoint(
     return network.to(device), AutoTokenizer.from_pretrained(model)
 
 
+# Frame times listed in the prompt at most: a long video's video-level set can keep tokens from
+# hundreds of frames; beyond this many the list is thinned evenly (first and last kept).
+MAX_LISTED_TIMES = 64
+
+
+def clock(seconds: float) -> str:
+    """mm:ss, or h:mm:ss from one hour on (whole seconds, rounded down)."""
+    whole = max(0, int(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def timeline_text(token_set: TokenSet, span: tuple[float, float]) -> str:
+    """The line that tells the model when what it sees happened (issue 14), e.g.
+    "The video spans 12:40-13:20; the frames shown are at 12:40, 12:46, 12:51."
+
+    Decision: as LLaVA-Video's time instruction and Qwen2.5-VL's absolute timestamps do, in
+    plain words after the video and before the question; the times are those of the frames the
+    token set still holds tokens from (a kept token's grid step -> the first frame of that
+    step), not of every sampled frame, and the span is the part of the video the tokens were
+    chosen from. Only digits, colons and commas: nothing a tokenizer reads as markup."""
+    stamps = token_set.frame_timestamps
+    times: list[float] = []
+    if stamps:
+        per_step = max(1, len(stamps) // token_set.grid[0])
+        steps = sorted({int(t) for t in token_set.index[:, 0].tolist()})
+        times = [stamps[t * per_step] for t in steps if t * per_step < len(stamps)]
+    if len(times) > MAX_LISTED_TIMES:
+        picks = np.linspace(0, len(times) - 1, MAX_LISTED_TIMES).round().astype(int)
+        times = [times[i] for i in sorted(set(picks.tolist()))]
+    start, end = span
+    line = f"The video spans {clock(start)}-{clock(end)}"
+    if times:
+        line += "; the frames shown are at " + ", ".join(clock(t) for t in times)
+    return line + "."
+
+
 class EmbeddedPrompt(NamedTuple):
     """A question's chat prompt split at the video placeholder, embedded, with its token set."""
 
@@ -130,6 +168,9 @@ class ChatVideoLLM(ABC):
         turns = [*question.history, Turn("user", question.text)]
         for i, turn in enumerate(turns):
             content: list[dict] = [{"type": "text", "text": text(turn.text)}]
+            if i == 0 and question.time_span is not None:
+                timeline = timeline_text(question.token_set, question.time_span)
+                content.insert(0, {"type": "text", "text": timeline})
             if i == 0:
                 content.insert(0, {"type": "video"})
             messages.append({"role": turn.role, "content": content})

@@ -78,12 +78,18 @@ class Question:
     question is the next user turn). The video belongs to the first user turn (the first of
     `history`, or the question itself when there is no history). Every token after the video,
     earlier turns included, is text to the text-aware merge (METHOD.md section 5).
+
+    time_span: (start_s, end_s) of the video the token set covers, when the prompt should tell
+    the model the times of what it sees (issue 14: questions over a time range, and videos
+    indexed in chunks); None keeps the prompt without times (the paper's evaluation protocol).
+    See `compression.models.chat.timeline_text`.
     """
 
     token_set: TokenSet
     text: str
     system: str | None = None
     history: tuple[Turn, ...] = ()
+    time_span: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         self.history = tuple(self.history)

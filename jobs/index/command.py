@@ -35,6 +35,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--retry-failed", action="store_true", help="retry videos that failed in earlier runs")
     add("--decode-timeout", type=float, default=120.0, help="seconds per video decode (120)")
     add("--no-progress", action="store_true", help="no progress bar")
+    add(
+        "--chunk-seconds",
+        type=float,
+        default=None,
+        help="index videos longer than this in windows of this many seconds (long videos)",
+    )
+    add(
+        "--fps",
+        type=float,
+        default=None,
+        help="with --chunk-seconds: sample this many frames per second instead of --frames",
+    )
+    add(
+        "--follow",
+        action="store_true",
+        help="SOURCE is live (an .m3u8 playlist, a directory receiving segments, a growing "
+        "file): index new chunks as they complete until SIGINT/SIGTERM (jobs.index.follow)",
+    )
+    add("--poll-seconds", type=float, default=2.0, help="with --follow: seconds between polls")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,6 +67,10 @@ def run(args: argparse.Namespace) -> int:
             knn_k=args.knn_k,
             method=args.method,
         )
+        if args.follow:
+            from jobs.index.follow import run_follow_command
+
+            return run_follow_command(args, config)
         summary = index_videos(
             args.source,
             store_url=args.store,
@@ -65,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
             retry_failed=args.retry_failed,
             decode_timeout_s=args.decode_timeout,
             progress=not args.no_progress,
+            chunk_seconds=args.chunk_seconds,
+            fps=args.fps,
         )
     except ValueError as exc:
         print(f"tokenreel index: {exc}", file=sys.stderr)

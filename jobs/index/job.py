@@ -212,6 +212,8 @@ def index_videos(
     runtime_env: dict[str, Any] | None = None,
     progress: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
+    chunk_seconds: float | None = None,
+    fps: float | None = None,
 ) -> IndexSummary:
     """Index the videos SOURCE names (see `jobs.index.sources`) into compressed token sets.
 
@@ -228,7 +230,13 @@ def index_videos(
     batch_size: videos per encode batch and per Parquet file. runtime_env: Ray runtime env for
     the job's workers (e.g. storage endpoint variables when joining a running Ray).
     progress: show a progress bar; on_progress(done, todo) is called as videos finish.
+    chunk_seconds / fps: index videos longer than chunk_seconds in time windows (`frames` per
+    window, or `fps` frames per second), with a video-level set pooled from the chunk sets:
+    `jobs.index.chunks` (in this process, without the Ray pipeline).
     """
+    if chunk_seconds is not None or fps is not None:
+        return _index_in_chunks(source, store_url, catalog_url, model, config, frames, frame_size,
+                                chunk_seconds, fps, retry_failed, gpus_per_worker)  # fmt: skip
     resources = Resources(
         workers, gpus_per_worker, decode_workers, ray_address, num_cpus, runtime_env
     )
@@ -260,6 +268,62 @@ def index_videos(
     summary = summarise(plan, tally, time.perf_counter() - started)
     plan.catalog.finish_run(plan.stages.run_id, summary.counts())
     return summary
+
+
+def _index_in_chunks(
+    source: str | os.PathLike[str] | Sequence[str],
+    store_url: str | None,
+    catalog_url: str | None,
+    model: str | ModelLoader | None,
+    config: CompressionConfig | None,
+    frames: int,
+    frame_size: int | None,
+    chunk_seconds: float | None,
+    fps: float | None,
+    retry_failed: bool,
+    gpus_per_worker: float,
+) -> IndexSummary:
+    """The hook to `jobs.index.chunks.index_videos_in_chunks` (see `index_videos`)."""
+    from compression import CompressionConfig
+    from compression.models import model_name
+    from jobs.index.chunks import index_videos_in_chunks
+
+    if chunk_seconds is None:
+        raise ValueError("fps sampling needs chunk_seconds (chunked indexing)")
+    loader = model if isinstance(model, ModelLoader) else ModelLoader.by_name(model_name(model))
+    config = dataclasses.replace(
+        config or CompressionConfig(),
+        frames=frames,
+        frame_size=frame_size,
+        chunk_seconds=chunk_seconds,
+        fps=fps,
+    )
+    run = index_videos_in_chunks(
+        source,
+        store_url=store_url,
+        catalog_url=catalog_url,
+        loader=loader,
+        config=config,
+        retry_failed=retry_failed,
+        device="cuda" if gpus_per_worker > 0 else "cpu",
+    )
+    return IndexSummary(
+        run_id=run.run_id,
+        store_url=run.store_url,
+        catalog_url=run.catalog_url,
+        model_id=run.model_id,
+        config_hash=run.config_hash,
+        total=run.total,
+        skipped=run.skipped,
+        indexed=run.indexed,
+        failed=len(run.failures),
+        tokens_in=run.tokens_in,
+        tokens_out=run.tokens_out,
+        bytes_written=0,  # not counted on this path
+        pipeline_s=run.elapsed_s,
+        stage_s={},
+        failures=run.failures,
+    )
 
 
 def plan_run(
