@@ -51,17 +51,17 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from jobs.index.cluster import ray_connection, ray_init_arguments
 from jobs.index.decode import DecodeSettings
 from jobs.index.resources import DEFAULT_DECODE_THREADS, Pool, Resources, check_fits, cluster_nodes
-from jobs.index.sources import list_sources
+from jobs.index.sources import list_sources_with_fingerprints
 from jobs.index.stages import (
     CHAOS_ENV,
     EncodeAndCompress,
@@ -97,8 +97,11 @@ DECODE_TASKS_PER_WORKER = 32
 # amortise it, and at least 4 blocks per decode slot still spread a small corpus over every slot.
 MAX_VIDEOS_PER_BLOCK = 64
 BLOCKS_PER_DECODE_SLOT = 4
+# Listed videos per catalog check + pending registration while planning.
+PLAN_CHUNK = 10_000
 MAX_LISTED_FAILURES = 20
 STAGES = ("decode", "encode", "compress", "write")
+T = TypeVar("T")
 
 
 class IndexJobStopped(RuntimeError):
@@ -183,7 +186,7 @@ class IndexPlan:
     resources: Resources
     catalog: Catalog
     listed: int  # videos the source names
-    todo: list[str]  # URIs to index now (registered pending)
+    todo: list[tuple[str, str | None]]  # (URI, listed fingerprint) to index now, pending
     skipped_failed: int  # failed before and not retried
 
 
@@ -305,7 +308,7 @@ def plan_run(
     config = dataclasses.replace(
         config or CompressionConfig(), frames=decode.num_frames, frame_size=decode.frame_size
     )
-    uris = list_sources(source)
+    sources = list_sources_with_fingerprints(source)
     store = open_store(store_url, catalog_url)
     catalog = store.catalog
     model_id, config_hash = loader.model_id, config.stable_hash()
@@ -326,9 +329,19 @@ def plan_run(
             "retry_failed": retry_failed,
         }
     )
-    todo = catalog.not_indexed(uris, model_id, config_hash, retry_failed=retry_failed)
-    failed_before = catalog.not_indexed(uris, model_id, config_hash, retry_failed=True)
-    catalog.register_pending(todo, model_id, config_hash, run_id=run_id)
+    todo: list[tuple[str, str | None]] = []
+    skipped_failed = 0
+    # In chunks: each catalog call (and its transaction) stays small whatever the corpus size.
+    for chunk in _chunked(sources.items(), PLAN_CHUNK):
+        listed = dict(chunk)
+        wanted = catalog.needs_indexing(listed, model_id, config_hash, retry_failed=retry_failed)
+        if not retry_failed:
+            failed = catalog.needs_indexing(listed, model_id, config_hash, retry_failed=True)
+            skipped_failed += len(failed) - len(wanted)
+        # With the listed fingerprints: a changed source becomes pending again, its old token
+        # set readable until the new one is recorded (`Catalog.register_pending`).
+        catalog.register_pending(wanted, model_id, config_hash, run_id=run_id, fingerprints=listed)
+        todo.extend((uri, listed[uri]) for uri in wanted)
     stages = StageSettings(
         store_url=store.store_url,
         catalog_url=catalog.url,
@@ -339,7 +352,7 @@ def plan_run(
         device="cuda" if resources.gpus_per_worker > 0 else "cpu",
         batch_size=batch_size,
     )
-    return IndexPlan(stages, resources, catalog, len(uris), todo, len(failed_before) - len(todo))
+    return IndexPlan(stages, resources, catalog, len(sources), todo, skipped_failed)
 
 
 def run_pipeline(
@@ -400,16 +413,31 @@ def build_dataset(
     data: Any, plan: IndexPlan, *, decode_slots: int, stages: PipelineStages = PipelineStages()
 ) -> Any:
     """The lazy Ray Dataset of the job (`data` is the `ray.data` module)."""
+    import pyarrow as pa
+    import ray
+
     from storage.ids import video_id_for
 
     settings, resources = plan.stages, plan.resources
-    rows = [{"uri": uri, "video_id": video_id_for(uri)} for uri in plan.todo]
-    per_block = videos_per_block(len(rows), decode_slots)
+    per_block = videos_per_block(len(plan.todo), decode_slots)
+    # Blocks go to the object store as they are made: the driver never holds every row twice.
+    blocks = [
+        ray.put(
+            pa.table(
+                {
+                    "uri": [uri for uri, _ in chunk],
+                    "video_id": [video_id_for(uri) for uri, _ in chunk],
+                    "fingerprint": [fingerprint or "" for _, fingerprint in chunk],
+                }
+            )
+        )
+        for chunk in _chunked(plan.todo, per_block)
+    ]
     env = {"runtime_env": resources.runtime_env} if resources.runtime_env else {}
     decode_cap = None if resources.decode_workers is None else resources.decode_workers.max
     workers = resources.workers
     return (
-        data.from_items(rows, override_num_blocks=math.ceil(len(rows) / per_block))
+        data.from_arrow_refs(blocks)
         .map_batches(
             stages.decode,
             fn_kwargs={"settings": settings.decode, "threads": resources.decode_threads},
@@ -444,6 +472,17 @@ def build_dataset(
             **env,
         )
     )
+
+
+def _chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _decode_slots(resources: Resources) -> int:

@@ -110,6 +110,7 @@ def decode_row(row: dict[str, Any], settings: DecodeSettings) -> dict[str, Any]:
     out = {
         "uri": row["uri"],
         "video_id": row["video_id"],
+        "fingerprint": row["fingerprint"],
         "content_hash": "",
         "frames": np.zeros((0, 1, 1, 3), np.uint8),
         "timestamps": np.zeros(0),
@@ -179,6 +180,7 @@ class EncodeAndCompress:
         """The row's token-set columns, or its error (from decoding, encoding or compressing)."""
         out = {
             "uri": row["uri"],
+            "fingerprint": row["fingerprint"],
             "error": row["error"],
             "tokens_in": 0,
             "decode_s": float(row["decode_s"]),
@@ -262,7 +264,12 @@ def write_batch(batch: dict[str, np.ndarray], settings: StageSettings) -> dict[s
     if good:
         token_sets = [TokenSet.from_columns(row) for row in good]
         durations = [float(r["decode_s"] + r["encode_s"] + r["compress_s"]) for r in good]
-        locations = store.save(token_sets, run_id=settings.run_id, durations_s=durations)
+        # The fingerprint the source was listed with ("": unknown) is recorded with its token
+        # set, so that the next run re-indexes the video if the source changes.
+        fingerprints = [str(row["fingerprint"]) or None for row in good]
+        locations = store.save(
+            token_sets, run_id=settings.run_id, durations_s=durations, fingerprints=fingerprints
+        )
         for row, location in zip(good, locations, strict=True):
             written[row["uri"]] = (location.kept_count, location.length)
     write_s = (time.perf_counter() - started) / max(1, len(good))
