@@ -199,7 +199,9 @@ class VideoInfo(BaseModel):
     )
     model_id: str
     config_hash: str
-    status: Literal["pending", "indexed", "failed"]
+    status: Literal["pending", "indexed", "failed", "interrupted"] = Field(
+        description="interrupted: the indexing run stopped before it; a rerun resumes it"
+    )
     error: str | None = Field(description="why indexing failed (status failed), paths removed")
     attempts: int = Field(description="failed indexing attempts so far")
     visual_tokens: int | None = Field(description="tokens in the stored token set (indexed)")
