@@ -38,13 +38,13 @@ CHAOS_ENV = "TOKENREEL_CHAOS_EXIT_ONCE"
 
 @dataclass(frozen=True)
 class ModelLoader:
-    """How each encode actor gets its model, for models `load_video_llm` does not know by name
-    (a notebook's own checkpoint, a benchmark's random-weight model).
+    """How each encode actor gets its model, for models `load_video_encoder` does not know by
+    name (a notebook's own checkpoint, a benchmark's random-weight model).
 
     model_id: the id the catalog and the token sets carry; `load(device=...)` must return a
-    `VideoLLM` with that `model_id` (checked in every actor). load must be picklable (a module
-    function or a functools.partial of one). frame_size: the short side to decode frames to
-    (None: source size).
+    `VideoEncoder` (a whole `VideoLLM` is one too) with that `model_id` (checked in every
+    actor). load must be picklable (a module function or a functools.partial of one).
+    frame_size: the short side to decode frames to (None: source size).
     """
 
     model_id: str
@@ -53,12 +53,13 @@ class ModelLoader:
 
     @classmethod
     def by_name(cls, model: str) -> ModelLoader:
-        """A built-in tiny model, a hub id or a local checkpoint, via `load_video_llm`."""
+        """A built-in tiny model, a hub id or a local checkpoint, via `load_video_encoder`: the
+        actors load only the model's vision side (no language model weights on the workers)."""
         import functools
 
-        from compression.models import load_video_llm, model_frame_size
+        from compression.models import load_video_encoder, model_frame_size
 
-        return cls(model, functools.partial(load_video_llm, model), model_frame_size(model))
+        return cls(model, functools.partial(load_video_encoder, model), model_frame_size(model))
 
 
 @dataclass(frozen=True)

@@ -199,3 +199,14 @@ def test_tiny_models_by_name_give_their_encoder() -> None:
 def test_load_video_encoder_rejects_empty_names(name) -> None:
     with pytest.raises(ValueError, match="non-empty"):
         load_video_encoder(name)
+
+
+def test_bf16_encodings_equal_the_whole_models_too(checkpoint) -> None:
+    """The dtype encode workers run in on a GPU: both loaders cast the fp32 checkpoint alike."""
+    _, _, directory, *_ = checkpoint
+    encoder = load_video_encoder(str(directory), dtype=torch.bfloat16)
+    whole = load_video_llm(str(directory), dtype=torch.bfloat16)
+    assert encoder.dtype == whole.dtype == torch.bfloat16
+    video = frames(2, seed=6)
+    ours, theirs = encoder.encode(video), whole.encode(video)
+    assert torch.equal(ours.tokens, theirs.tokens) and torch.equal(ours.scores, theirs.scores)
