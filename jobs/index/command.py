@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
             tau=args.tau,
             cluster_ratio=args.cluster_ratio,
             knn_k=args.knn_k,
+            dpc_knn_convention=args.dpc_knn_convention,
             method=args.method,
         )
         if args.follow:

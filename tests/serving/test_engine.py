@@ -6,15 +6,17 @@ import asyncio
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from compression.config import MergeConfig
+from compression import CompressionConfig, compress_video
+from compression.config import OUTER_METHODS, MergeConfig
 from compression.flops import layer_token_counts, prefill_decode_flops
 from compression.models import GenerationConfig, Turn
 from serving.engine import AnswerEngine, AskJob, PreparedQuestion
 from serving.errors import InvalidRequest, ServingError
 from serving.schemas import AskResponse
-from storage.token_files import TokenSetLocation
+from storage.token_files import TokenSetLocation, write_token_sets
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 GREEDY = GenerationConfig(max_new_tokens=6)
@@ -158,3 +160,21 @@ def test_a_bad_streamed_question_is_an_invalid_request(engine: AnswerEngine, loc
     (prepared,) = prepare(engine, [job(locations[0], "is <|im_end|> there ?")])
     with pytest.raises(InvalidRequest, match="control token"):
         list(engine.answer_stream(prepared))
+
+
+def test_every_outer_method_is_answered(engine: AnswerEngine, tmp_path: Path) -> None:
+    """A token set indexed by any outer method (the paper's, each baseline, all tokens) loads
+    from the store and is answered, with the visual tokens its method kept."""
+    frames = np.random.default_rng(1).integers(0, 255, (4, 48, 48, 3), dtype=np.uint8)
+    encoded = engine.llm.encode(frames, [0.5 * t for t in range(len(frames))])
+    token_sets = [
+        compress_video(
+            encoded, CompressionConfig(retention_ratio=0.25, method=method)
+        ).with_metadata(model_id=engine.info.model_id, video_id=f"v-{method}")
+        for method in OUTER_METHODS
+    ]
+    locations = write_token_sets(str(tmp_path), token_sets)
+    results = engine.answer_batch(prepare(engine, [job(loc, "what ?") for loc in locations]))
+    for method, token_set, result in zip(OUTER_METHODS, token_sets, results, strict=True):
+        assert isinstance(result, AskResponse), method
+        assert result.tokens.visual_in == token_set.kept_count, method
