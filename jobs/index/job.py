@@ -2,9 +2,10 @@
 
 `index_videos` reads as plan -> run -> summarise:
 
-* plan (driver): resolve the model, the compression config and the sampling; list the source;
-  record the run; ask the catalog what is still to do (minus what it already has for this model
-  + config) and mark those videos pending.
+* plan (driver): resolve the model, the compression config and the sampling; list the source
+  with each video's fingerprint (size + mtime, or ETag); record the run; in chunks of
+  `PLAN_CHUNK`, ask the catalog what is still to do (new, pending or interrupted videos, and
+  indexed ones whose source changed; failed ones with `retry_failed`) and mark those pending.
 * run (after checking the cluster can hold the pools, `jobs.index.resources`): a streaming
   Ray Data pipeline, one row per video, in blocks of up to 64 videos (`videos_per_block`):
 
