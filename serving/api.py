@@ -265,6 +265,12 @@ class ApiServer:
                 f"video {video_id!r} failed indexing: {self.failure_reason(record) or 'unknown'}",
                 code="video_failed",
             )
+        if record.status == VideoStatus.INTERRUPTED:
+            raise VideoNotReady(
+                f"indexing video {video_id!r} was interrupted; rerunning the indexing job "
+                "resumes it",
+                code="video_interrupted",
+            )
         raise VideoNotReady(f"video {video_id!r} is still being indexed", code="video_pending")
 
     def failure_reason(self, record: VideoRecord) -> str | None:
@@ -356,7 +362,7 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         400: "invalid request (`param` names the field)",
         401: "missing or wrong API key",
         404: "unknown video or model",
-        409: "the video has no usable token set (failed, pending, other model)",
+        409: "the video has no usable token set (failed, pending, interrupted, other model)",
         500: "internal error (the message names an incident id in the server log)",
         503: "no model replica answers, or the queue is full (`Retry-After`)",
         504: "the request passed the server's deadline",
@@ -409,7 +415,7 @@ async def get_model(server: Server, model: str) -> ModelCard:
 @router.get("/v1/videos", response_model=VideoList, tags=["videos"], responses=errors(400))
 async def list_videos(
     server: Server,
-    status: str | None = Query(default=None, pattern="^(pending|indexed|failed)$"),
+    status: str | None = Query(default=None, pattern="^(pending|indexed|failed|interrupted)$"),
     search: str | None = Query(
         default=None,
         max_length=256,

@@ -1,7 +1,9 @@
 """The replica-side engine: one Video-LLM, a token-set cache, and batched answering.
 
-Plain Python, no Ray: `ModelServer` (the Serve deployment) wraps it with `@serve.batch`, and the
-serving benchmark calls it directly to measure what the service adds on top.
+Plain Python, no Ray: `ModelServer` (the Serve deployment) answers through continuous batching
+(`serving.scheduler`, which turns the model's answers into responses here); `answer_batch`, the
+static path (one padded batch run to its longest answer), stays for the serving benchmark's
+baseline and direct callers.
 
 A question goes: `prepare` (token set from the cache, else from the store at the location the
 catalog gave) -> `answer_batch` (questions with equal merge and generation settings share one
@@ -243,6 +245,7 @@ class AnswerEngine:
                 visual_after_merge=answer.visual_tokens_after_merge,
                 prompt=answer.prompt_tokens,
                 completion=len(answer.token_ids),
+                prompt_cached=answer.cached_prompt_tokens,
             ),
             flops=FlopsFigures(**dataclasses.asdict(flops)),
             timings=Timings(

@@ -237,11 +237,14 @@ def figures(response: AskResponse) -> dict[str, Any]:
     return response.model_dump(include=FIGURES)
 
 
-def usage(response: AskResponse) -> dict[str, int]:
+def usage(response: AskResponse) -> dict[str, Any]:
+    """OpenAI's usage object; `prompt_tokens_details.cached_tokens` counts the prompt tokens
+    served from the per-video prefix cache (as OpenAI and vLLM report prompt caching)."""
     return {
         "prompt_tokens": response.tokens.prompt,
         "completion_tokens": response.tokens.completion,
         "total_tokens": response.tokens.prompt + response.tokens.completion,
+        "prompt_tokens_details": {"cached_tokens": response.tokens.prompt_cached},
     }
 
 

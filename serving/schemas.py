@@ -131,6 +131,11 @@ class TokenCounts(BaseModel):
     visual_after_merge: int = Field(description="visual tokens left after the merge at layer K")
     prompt: int = Field(description="prompt length in tokens, visual tokens included")
     completion: int = Field(description="generated tokens")
+    prompt_cached: int = Field(
+        0,
+        description="prompt tokens (system prompt and video) whose states came from the "
+        "replica's per-video prefix cache instead of being prefilled again",
+    )
 
 
 class FlopsFigures(BaseModel):
@@ -194,7 +199,9 @@ class VideoInfo(BaseModel):
     )
     model_id: str
     config_hash: str
-    status: Literal["pending", "indexed", "failed"]
+    status: Literal["pending", "indexed", "failed", "interrupted"] = Field(
+        description="interrupted: the indexing run stopped before it; a rerun resumes it"
+    )
     error: str | None = Field(description="why indexing failed (status failed), paths removed")
     attempts: int = Field(description="failed indexing attempts so far")
     visual_tokens: int | None = Field(description="tokens in the stored token set (indexed)")

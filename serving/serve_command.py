@@ -62,9 +62,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--max-replicas", type=int, default=None)
     add("--target-ongoing-requests", type=float, default=None)
     add("--max-ongoing-requests", type=int, default=None)
-    add("--max-batch-size", type=int, default=None, help="1 turns batching off")
+    add(
+        "--max-batch-size",
+        type=int,
+        default=None,
+        help="questions in a replica's running (continuous) batch; 1 turns batching off",
+    )
     add("--batch-wait-timeout-s", type=float, default=None)
     add("--cache-bytes", type=parse_bytes, default=None, help="token-set cache per replica")
+    add(
+        "--prefix-cache-bytes",
+        type=parse_bytes,
+        default=None,
+        help="per-video prefix cache per replica (KV below the merge layer); 0 turns it off",
+    )
     add("--no-affinity", dest="affinity", action="store_false", default=None)
     add(
         "--served-model-name",
@@ -103,6 +114,7 @@ SETTING_KEYS = (
     "max_batch_size",
     "batch_wait_timeout_s",
     "cache_bytes",
+    "prefix_cache_bytes",
     "affinity",
     "served_model_names",
     "expose_source_uris",

@@ -29,6 +29,14 @@ from (uri, fingerprint) pairs; `register_pending` with the new fingerprints make
 pending again; only `record_indexed` writes the new fingerprint, in the transaction that points
 the row at the new token set, so until then `locate` returns the old one, still readable.
 
+Interrupted runs. A run records its end (`finish_run`) however it stops: done, Ctrl-C,
+SIGTERM, an error (`jobs.index.job`). A video still `pending` under a run that has ended will not
+be finished by it: it reads as `interrupted` (`VideoStatus.INTERRUPTED`) in `get_video`,
+`list_videos` / `count_videos` (status filter included) and `run_summary`, and a rerun picks it up
+like any pending video (`needs_indexing`). Decision: derived from `indexing_runs.finished_at` at
+read time, not stored, so no schema change and no second write that a killed driver could miss;
+`pending` means a running run still owns the video.
+
 Schema versions are Alembic revisions (`storage/migrations`); the schema is created or upgraded
 to head on first use, under a lock (SQLite's write lock, PostgreSQL's advisory lock) so
 concurrent first users do not race.
@@ -64,9 +72,14 @@ _MIGRATION_LOCK_ID = 0x746F6B656E72  # PostgreSQL advisory lock key ("tokenr")
 
 
 class VideoStatus(str, Enum):
+    """A video's status under one (model, config). INTERRUPTED is never stored: it is how a
+    stored `pending` reads once the run that registered it has recorded its end (module
+    docstring)."""
+
     PENDING = "pending"
     INDEXED = "indexed"
     FAILED = "failed"
+    INTERRUPTED = "interrupted"
 
 
 metadata = sa.MetaData(
@@ -322,13 +335,14 @@ class Catalog:
                 .where(video_status.c.run_id == run_id)
                 .group_by(video_status.c.status)
             ).all()
+        ended = row.finished_at is not None
         return RunSummary(
             run_id=row.run_id,
             started_at=_utc(row.started_at),
             finished_at=_utc(row.finished_at),
             settings=json.loads(row.settings_json),
             counts=None if row.counts_json is None else json.loads(row.counts_json),
-            status_counts={status: n for status, n in counts},
+            status_counts={_read_status(status, ended).value: n for status, n in counts},
         )
 
     def list_runs(self, limit: int = 20, offset: int = 0) -> list[RunSummary]:
@@ -792,8 +806,8 @@ class Catalog:
     ) -> list[VideoRecord]:
         """Status rows (one per video/model/config), most recently updated first.
 
-        status filters on pending/indexed/failed; search is a case-insensitive substring of the
-        URI or the video id (no wildcards: % and _ match themselves).
+        status filters on pending/indexed/failed/interrupted; search is a case-insensitive
+        substring of the URI or the video id (no wildcards: % and _ match themselves).
         """
         _check_page(limit, offset)
         query = self._listing(_RECORD_QUERY, status, search, model_id, config_hash)
@@ -821,7 +835,7 @@ class Catalog:
         config_hash: str | None = None,
     ) -> int:
         """How many rows `list_videos` would page through with the same filters."""
-        base = sa.select(sa.func.count()).select_from(video_status.join(videos))
+        base = sa.select(sa.func.count()).select_from(_STATUS_ROWS)
         with self.engine.connect() as conn:
             return int(conn.scalar(self._listing(base, status, search, model_id, config_hash)))
 
@@ -908,7 +922,13 @@ class Catalog:
         config_hash: str | None,
     ) -> sa.Select:
         if status is not None:
-            query = query.where(video_status.c.status == VideoStatus(status).value)
+            wanted = VideoStatus(status)
+            stored = VideoStatus.PENDING if wanted == VideoStatus.INTERRUPTED else wanted
+            query = query.where(video_status.c.status == stored.value)
+            if wanted == VideoStatus.INTERRUPTED:
+                query = query.where(indexing_runs.c.finished_at.is_not(None))
+            elif wanted == VideoStatus.PENDING:
+                query = query.where(indexing_runs.c.finished_at.is_(None))
         if search:
             needle = search.lower()
             query = query.where(
@@ -926,8 +946,15 @@ class Catalog:
 
 _STATUS_KEY = ["video_id", "model_id", "config_hash"]
 
+# Status rows with their video and the run that last touched them (whose end makes a pending
+# row read as interrupted).
+_STATUS_ROWS = video_status.join(videos).outerjoin(
+    indexing_runs, video_status.c.run_id == indexing_runs.c.run_id
+)
+
 _RECORD_QUERY = sa.select(
     video_status,
+    indexing_runs.c.finished_at.label("run_finished_at"),
     videos.c.uri,
     videos.c.content_hash,
     token_sets.c.file_url,
@@ -938,7 +965,7 @@ _RECORD_QUERY = sa.select(
     token_sets.c.kept_count,
     token_sets.c.crc32,
 ).select_from(
-    video_status.join(videos).outerjoin(
+    _STATUS_ROWS.outerjoin(
         token_sets,
         sa.and_(*(video_status.c[name] == token_sets.c[name] for name in _STATUS_KEY)),
     )
@@ -954,6 +981,12 @@ def _filtered(
     if config_hash is not None:
         query = query.where(table.c.config_hash == config_hash)
     return query
+
+
+def _read_status(stored: str, run_ended: bool) -> VideoStatus:
+    """A stored status as it reads: pending under a run that has ended is interrupted."""
+    status = VideoStatus(stored)
+    return VideoStatus.INTERRUPTED if status == VideoStatus.PENDING and run_ended else status
 
 
 def _location(row: Any, store_url: str, config_hash: str | None = None) -> TokenSetLocation:
@@ -978,7 +1011,7 @@ def _record(row: Any, store_url: str | None) -> VideoRecord:
         content_hash=row.content_hash,
         model_id=row.model_id,
         config_hash=row.config_hash,
-        status=VideoStatus(row.status),
+        status=_read_status(row.status, row.run_finished_at is not None),
         error=row.error,
         attempts=row.attempts,
         run_id=row.run_id,

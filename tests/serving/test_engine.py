@@ -6,39 +6,19 @@ import asyncio
 import dataclasses
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from compression import CompressionConfig, compress_video
 from compression.config import MergeConfig
 from compression.flops import layer_token_counts, prefill_decode_flops
 from compression.models import GenerationConfig, Turn
 from serving.engine import AnswerEngine, AskJob, PreparedQuestion
 from serving.errors import InvalidRequest, ServingError
 from serving.schemas import AskResponse
-from storage.token_files import TokenSetLocation, write_token_sets
+from storage.token_files import TokenSetLocation
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 GREEDY = GenerationConfig(max_new_tokens=6)
 MERGE = MergeConfig(layer=2)
-
-
-@pytest.fixture(scope="module")
-def engine() -> AnswerEngine:
-    return AnswerEngine("tiny-llava-ov", device="cpu", cache_bytes=10**6)
-
-
-@pytest.fixture(scope="module")
-def locations(engine: AnswerEngine, tmp_path_factory: pytest.TempPathFactory) -> list:
-    store = tmp_path_factory.mktemp("store")
-    rng = np.random.default_rng(0)
-    token_sets = []
-    for i in range(3):
-        frames = rng.integers(0, 255, (4 + 2 * i, 48, 48, 3), dtype=np.uint8)
-        encoded = engine.llm.encode(frames, [0.5 * t for t in range(len(frames))])
-        token_set = compress_video(encoded, CompressionConfig(retention_ratio=0.25))
-        token_sets.append(token_set.with_metadata(model_id=engine.info.model_id, video_id=f"v{i}"))
-    return write_token_sets(str(store), token_sets)
 
 
 def job(location: TokenSetLocation, question: str, **changes: object) -> AskJob:
