@@ -13,6 +13,8 @@
   video-level set that includes it is recorded in the same transaction). Baseline: the time the
   follower spent encoding + pooling + recording that chunk (its own work), so lag - work is what
   polling and listing add.
+* Hierarchical vs flat on the same encoded frames (--agreement-minutes, where the flat stage
+  fits in memory): compression time of each and the agreement of their kept tokens.
 
     .venv/bin/python bench/bench_long_video.py [--minutes 10 60 180] [--json PATH]
 """
@@ -20,6 +22,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -214,6 +217,64 @@ def chunk_work(llm, config, staging: Path, store_dir: Path, args: argparse.Names
     return times_s[1:]  # the first one warms up
 
 
+def agreement_rows(args: argparse.Namespace, workdir: Path) -> list[dict]:
+    """Hierarchical vs flat outer stage on the SAME encoded frames (where flat fits): every
+    window's frames encoded once; hierarchical = chunk sets at k r pooled at r; flat = one
+    `compress_video` over all windows' tokens at r. Times are the compression alone (encoder
+    excluded on both sides); agreement as in bench_hierarchy (`compression.hierarchy.agreement`).
+    """
+    import torch
+
+    from compression import CompressionConfig, EncodedVideo, compress_video
+    from compression.hierarchy import agreement, pool_token_sets
+    from compression.models import load_video_llm
+    from jobs.index.chunks import windows_of
+    from tokenreel.sample_videos import write_long_video
+
+    torch.set_num_threads(args.threads)
+    llm = load_video_llm(MODEL, device="cpu")
+    rows = []
+    for minutes in args.agreement_minutes:
+        video = write_long_video(
+            workdir / f"agree_{minutes}.mp4", minutes * 60, fps=1, size=64,
+            events=[(minutes * 30, 5.0)],
+        )  # fmt: skip
+        config = CompressionConfig(
+            retention_ratio=args.ratio, frames=args.frames, frame_size=70,
+            chunk_seconds=args.chunk_seconds,
+        )  # fmt: skip
+        encoded = [llm.encode(p.frames, p.timestamps) for p in windows_of(str(video), config)]
+        started = time.perf_counter()
+        chunk_sets = [compress_video(e, config.chunk_config()) for e in encoded]
+        hier = pool_token_sets(chunk_sets, config)
+        hier_s = time.perf_counter() - started
+        steps = [e.grid[0] for e in encoded]
+        offsets = [sum(steps[:i]) for i in range(len(steps))]
+        flat_video = EncodedVideo(
+            tokens=torch.cat([e.tokens for e in encoded]),
+            index=torch.cat([e.index + torch.tensor([o, 0, 0], dtype=e.index.dtype)
+                             for e, o in zip(encoded, offsets, strict=True)]),
+            scores=torch.cat([e.scores for e in encoded]),
+            grid=(sum(steps), *encoded[0].grid[1:]),
+            frame_timestamps=tuple(t for e in encoded for t in e.frame_timestamps),
+        )  # fmt: skip
+        started = time.perf_counter()
+        flat = compress_video(flat_video, dataclasses.replace(config, chunk_seconds=None))
+        flat_s = time.perf_counter() - started
+        row = {
+            "minutes": minutes,
+            "tokens": flat_video.tokens.shape[0],
+            "kept_hier": hier.kept_count,
+            "kept_flat": flat.kept_count,
+            "hier_s": hier_s,
+            "flat_s": flat_s,
+            **agreement(hier, flat),
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=int, nargs="+", default=[10, 60, 180])
@@ -227,6 +288,8 @@ def main() -> None:
     parser.add_argument("--pace", type=float, default=0.25, help="real-time share between segments")
     parser.add_argument("--poll-seconds", type=float, default=0.5)
     parser.add_argument("--skip-lengths", action="store_true")
+    parser.add_argument("--skip-follow", action="store_true")
+    parser.add_argument("--agreement-minutes", type=int, nargs="*", default=[10, 30])
     parser.add_argument("--json", default=None)
     parser.add_argument("--single", choices=["chunked", "one-pass"], default=None)
     parser.add_argument("--video", default=None)
@@ -244,7 +307,8 @@ def main() -> None:
             },
             "settings": {k: v for k, v in vars(args).items() if k not in ("single", "video")},
             "lengths": [] if args.skip_lengths else lengths(args, workdir),
-            "follow": follow_lag(args, workdir),
+            "agreement": agreement_rows(args, workdir),
+            "follow": None if args.skip_follow else follow_lag(args, workdir),
         }
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

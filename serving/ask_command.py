@@ -27,6 +27,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--merge-layer", type=int, default=None, help="K (default 18, or the last layer)")
     add("--keep-ratio", type=float, default=None, help="R (default 0.5)")
     add("--lam", type=float, default=None, help="lambda (default 0.5)")
+    add(
+        "--time-range",
+        type=float,
+        nargs=2,
+        metavar=("START_S", "END_S"),
+        default=None,
+        help="answer over this part of a video indexed with --chunk-seconds",
+    )
     add("--timeout", type=float, default=600.0, help="seconds to wait for the answer")
     add("--json", action="store_true", help="print the whole response as JSON")
 
@@ -50,6 +58,8 @@ def request_body(args: argparse.Namespace) -> dict[str, Any]:
     merge = {k: v for k, v in merge.items() if v is not None}
     if merge:
         body["merge"] = merge
+    if args.time_range is not None:
+        body["time_range"] = list(args.time_range)
     return body
 
 

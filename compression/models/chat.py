@@ -169,7 +169,8 @@ class ChatVideoLLM(ABC):
         for i, turn in enumerate(turns):
             content: list[dict] = [{"type": "text", "text": text(turn.text)}]
             if i == 0 and question.time_span is not None:
-                timeline = timeline_text(question.token_set, question.time_span)
+                # Templates join text parts as they are: the newline keeps the question apart.
+                timeline = timeline_text(question.token_set, question.time_span) + "\n"
                 content.insert(0, {"type": "text", "text": timeline})
             if i == 0:
                 content.insert(0, {"type": "video"})

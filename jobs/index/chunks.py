@@ -291,6 +291,7 @@ class ChunkedRun:
     indexed: int
     tokens_in: int
     tokens_out: int
+    bytes_written: int  # row groups of the chunk sets and the video-level sets recorded
     elapsed_s: float
     failures: list[tuple[str, str]]
 
@@ -328,7 +329,7 @@ def index_videos_in_chunks(
     catalog.register_pending(todo, model_id, config_hash, run_id=run_id)
     llm = loader.load(device=device) if todo else None
     started = time.perf_counter()
-    indexed = tokens_in = tokens_out = 0
+    indexed = tokens_in = tokens_out = bytes_written = 0
     failures: list[tuple[str, str]] = []
     for uri in todo:
         try:
@@ -341,6 +342,9 @@ def index_videos_in_chunks(
         indexed += 1
         tokens_in += video_set.original_count
         tokens_out += video_set.kept_count
+        chunks = catalog.list_chunks(video_set.video_id, model_id, config_hash)
+        video = catalog.locate(video_set.video_id, model_id, config_hash)
+        bytes_written += sum(c.location.length for c in chunks) + (video.length if video else 0)
     run = ChunkedRun(
         run_id=run_id,
         store_url=store.store_url,
@@ -352,6 +356,7 @@ def index_videos_in_chunks(
         indexed=indexed,
         tokens_in=tokens_in,
         tokens_out=tokens_out,
+        bytes_written=bytes_written,
         elapsed_s=time.perf_counter() - started,
         failures=failures,
     )

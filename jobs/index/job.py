@@ -339,7 +339,7 @@ def _index_in_chunks(
         failed=len(run.failures),
         tokens_in=run.tokens_in,
         tokens_out=run.tokens_out,
-        bytes_written=0,  # not counted on this path
+        bytes_written=run.bytes_written,
         pipeline_s=run.elapsed_s,
         stage_s={},
         failures=run.failures,

@@ -62,6 +62,8 @@ def test_ask_sends_only_the_settings_given() -> None:
     assert ask_command.request_body(args) == {"question": "what?", "merge": {"keep_ratio": 0.25}}
     args = build_parser("ask").parse_args(["ask", "vid", "what?", "--seed", "3"])
     assert ask_command.request_body(args) == {"question": "what?", "seed": 3}
+    args = build_parser("ask").parse_args(["ask", "vid", "what?", "--time-range", "770", "790"])
+    assert ask_command.request_body(args) == {"question": "what?", "time_range": [770.0, 790.0]}
 
 
 def test_ask_reports_an_unreachable_server(capsys: pytest.CaptureFixture[str]) -> None:

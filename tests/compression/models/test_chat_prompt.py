@@ -174,3 +174,29 @@ def test_control_strings_are_escaped_when_the_tokenizer_can_spell_them(character
     _, suffix = character_level.prompt_ids(Question(NO_TOKENS, text))
     spelled = tokenizer.convert_tokens_to_ids(list(text))
     assert any(suffix[i : i + len(spelled)] == spelled for i in range(len(suffix)))
+
+
+def test_a_time_span_puts_the_timeline_between_the_video_and_the_question() -> None:
+    """Issue 14: with `time_span`, the prompt states the span and the times of the frames the
+    token set holds tokens from; without it, the prompt has no times (the paper's protocol)."""
+    import numpy as np
+
+    from compression import CompressionConfig, compress_video
+    from compression.models import Question, load_video_llm
+    from compression.models.chat import clock
+
+    llm = load_video_llm("tiny-llava-ov", device="cpu")
+    frames = np.random.default_rng(0).integers(0, 255, (4, 56, 56, 3), dtype=np.uint8)
+    encoded = llm.encode(frames, [770.0, 775.0, 780.0, 3725.0])
+    token_set = compress_video(encoded, CompressionConfig(retention_ratio=0.5))
+    timed = llm.chat_messages(Question(token_set, "What happens?", time_span=(760.0, 3730.0)))
+    [video, timeline, question] = timed[0]["content"]
+    assert video == {"type": "video"} and question["text"] == "What happens?"
+    shown = sorted({token_set.frame_timestamps[t] for t in token_set.index[:, 0].tolist()})
+    assert timeline["text"] == (
+        "The video spans 12:40-1:02:10; the frames shown are at "
+        + ", ".join(clock(t) for t in shown)
+        + ".\n"
+    )
+    plain = llm.chat_messages(Question(token_set, "What happens?"))
+    assert [part["type"] for part in plain[0]["content"]] == ["video", "text"]

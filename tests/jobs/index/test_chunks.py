@@ -20,6 +20,7 @@ from jobs.index.video import index_video, sample_video
 from serving.engine import AnswerEngine, AskJob
 from serving.time_range import chunks_for_range
 from storage import open_store
+from tokenreel.cli import main
 from tokenreel.sample_videos import write_long_video, write_video
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -54,6 +55,7 @@ def indexed(long_video: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
         progress=False,
     )
     assert (summary.indexed, summary.failed) == (1, 0)
+    assert summary.bytes_written > 0
     store = open_store(store_url)
     [record] = store.catalog.list_videos()
     video_set = store.load(record.video_id, record.model_id, record.config_hash)
@@ -156,3 +158,10 @@ def test_windows_cut_on_frame_times_and_sample_per_window() -> None:
 def test_frame_times_of_a_written_video(long_video: Path) -> None:
     times = frame_times(str(long_video))
     assert len(times) == 1200 and times[0] == 0.0 and times[-1] == pytest.approx(1199.0)
+
+
+def test_fps_needs_chunk_seconds(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    video = write_long_video(tmp_path / "v.mp4", 4, fps=1, size=64)
+    code = main(["index", str(video), "--store", str(tmp_path / "s"), "--fps", "1"])
+    assert code == 2
+    assert "chunk_seconds" in capsys.readouterr().err
