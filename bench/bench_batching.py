@@ -312,6 +312,10 @@ def main() -> int:
     }
     with tempfile.TemporaryDirectory() as root:
         locations = write_videos(llm, Path(root), args.videos, args.frames, args.retention)
+        # Warm both paths up (first forwards touch every weight page, allocator growth).
+        warmup = make_jobs(locations, 2, merge, seed=0)
+        answer_load(engine, warmup, 2, max_batch_size=2)
+        continuous_load(engine, warmup, 2, stream=False)
         for concurrency, count in zip(args.concurrency, args.questions, strict=True):
             jobs = make_jobs(locations, count, merge, seed=concurrency)
             static = answer_load(engine, jobs, concurrency, max_batch_size=concurrency)
