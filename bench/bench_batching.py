@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import datetime
 import json
+import os
 import platform
 import random
 import statistics
@@ -199,6 +200,18 @@ def continuous_load(
     }
 
 
+def measured(run: Any) -> dict[str, Any]:
+    """`run()`'s result with this process's CPU time and the machine's load average around it:
+    on a shared, oversubscribed machine wall times swing with the neighbours' load, CPU time
+    (the work this process did) much less."""
+    load_before = os.getloadavg()[0]
+    cpu = time.process_time()
+    result = run()
+    result["cpu_s"] = time.process_time() - cpu
+    result["load_avg"] = (load_before + os.getloadavg()[0]) / 2
+    return result
+
+
 def summary(name: str, concurrency: int, result: dict[str, Any]) -> dict[str, Any]:
     latencies = sorted(result["latencies_s"])
     p99_index = min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))
@@ -212,6 +225,10 @@ def summary(name: str, concurrency: int, result: dict[str, Any]) -> dict[str, An
         "p99_s": latencies[p99_index],
         "mean_batch": statistics.mean(result["batch_sizes"]),
         "wall_s": result["wall_s"],
+        "cpu_s": result["cpu_s"],
+        "questions_per_cpu_s": len(latencies) / result["cpu_s"],
+        "tokens_per_cpu_s": sum(result["completion_tokens"]) / result["cpu_s"],
+        "load_avg": result["load_avg"],
     }
 
 
@@ -293,7 +310,7 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--retention", type=float, default=0.25)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
-    parser.add_argument("--questions", type=int, nargs="+", default=[6, 48, 128])
+    parser.add_argument("--questions", type=int, nargs="+", default=[6, 48, 96])
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -318,19 +335,18 @@ def main() -> int:
         continuous_load(engine, warmup, 2, stream=False)
         for concurrency, count in zip(args.concurrency, args.questions, strict=True):
             jobs = make_jobs(locations, count, merge, seed=concurrency)
-            static = answer_load(engine, jobs, concurrency, max_batch_size=concurrency)
-            static["batch_sizes"] = static["batch_sizes"] or [0]
-            for name, result in (
-                ("static", static),
-                ("continuous", continuous_load(engine, jobs, concurrency, stream=False)),
-            ):
-                row = summary(name, concurrency, result)
+            runs = {
+                "static": lambda: answer_load(engine, jobs, concurrency, concurrency),  # noqa: B023
+                "continuous": lambda: continuous_load(engine, jobs, concurrency, stream=False),  # noqa: B023
+            }
+            for name, run in runs.items():
+                row = summary(name, concurrency, measured(run))
                 report["rows"].append(row)
                 print(json.dumps(row), flush=True)
         streams_at = 16 if 16 in args.concurrency else args.concurrency[-1]
         jobs = make_jobs(locations, args.questions[args.concurrency.index(streams_at)], merge, 7)
         for stream in (False, True):
-            result = continuous_load(engine, jobs, streams_at, stream=stream)
+            result = measured(lambda: continuous_load(engine, jobs, streams_at, stream=stream))  # noqa: B023
             row = summary("streamed" if stream else "not streamed", streams_at, result)
             report["rows"].append(row)
             print(json.dumps(row), flush=True)
