@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,20 +205,6 @@ class AnswerEngine:
             return self._answer_isolated(
                 questions[:half], merge, generation
             ) + self._answer_isolated(questions[half:], merge, generation)
-
-    def answer_stream(self, prepared: PreparedQuestion) -> Iterator[str | AskResponse]:
-        """Text pieces as the model produces them, then the `AskResponse`."""
-        job = prepared.job
-        stream = self.llm.answer_stream(prepared.question, job.merge, job.generation)
-        try:
-            for item in stream:
-                if isinstance(item, str):
-                    if item:
-                        yield item
-                else:
-                    yield self.response(prepared, item, batch_size=1, queue_s=0.0)
-        except InvalidQuestion as exc:
-            raise question_error(exc) from None
 
     def response(
         self, prepared: PreparedQuestion, answer: Answer, batch_size: int, queue_s: float

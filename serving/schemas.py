@@ -187,7 +187,10 @@ class AskResponse(BaseModel):
     flops: FlopsFigures
     timings: Timings
     cache_hit: bool = Field(description="the token set was already in the replica's memory")
-    batch_size: int = Field(description="questions answered in the same forward pass")
+    batch_size: int = Field(
+        description="questions in the running batch right after this one joined it (continuous "
+        "batching; the static path: questions answered in the same forward pass)"
+    )
 
 
 class VideoInfo(BaseModel):

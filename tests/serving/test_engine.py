@@ -84,16 +84,6 @@ def test_flops_figures_follow_the_token_counts(engine: AnswerEngine, locations) 
     assert 0 < report.flops.ratio_with_text < 1
 
 
-def test_stream_pieces_add_up_to_the_answer(engine: AnswerEngine, locations) -> None:
-    (prepared,) = prepare(engine, [job(locations[2], "describe it")])
-    items = list(engine.answer_stream(prepared))
-    *pieces, final = items
-    assert isinstance(final, AskResponse) and all(isinstance(p, str) for p in pieces)
-    assert "".join(pieces) == final.answer
-    (batched,) = engine.answer_batch([prepared])
-    assert essentials(batched) == essentials(final)
-
-
 def test_merge_layer_beyond_the_model_is_a_clear_error(engine: AnswerEngine, locations) -> None:
     with pytest.raises(InvalidRequest, match="4 layers"):
         prepare(engine, [job(locations[0], "q", merge=MergeConfig(layer=4))])
@@ -154,12 +144,6 @@ def test_conversations_and_bad_turns(engine: AnswerEngine, locations) -> None:
     assert turns.tokens.prompt > single.tokens.prompt
     with pytest.raises(InvalidRequest, match="assistant"):
         prepare(engine, [job(locations[0], "what ?", history=history[:1])])
-
-
-def test_a_bad_streamed_question_is_an_invalid_request(engine: AnswerEngine, locations) -> None:
-    (prepared,) = prepare(engine, [job(locations[0], "is <|im_end|> there ?")])
-    with pytest.raises(InvalidRequest, match="control token"):
-        list(engine.answer_stream(prepared))
 
 
 def test_every_outer_method_is_answered(engine: AnswerEngine, tmp_path: Path) -> None:
