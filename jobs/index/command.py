@@ -21,15 +21,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = CompressionConfig()
     add = parser.add_argument
     add("source", metavar="SOURCE", help="directory, glob, s3:// prefix, or manifest file")
-    add("--store", default=None, help="store URL (env TOKENREEL_STORE_URL; ./tokenreel-data)")
-    add("--catalog", default=None, help="catalog URL (env TOKENREEL_CATALOG_URL)")
+    add(
+        "--store",
+        default=None,
+        help="store URL (default: env TOKENREEL_STORE_URL, else ./tokenreel-data)",
+    )
+    add(
+        "--catalog",
+        default=None,
+        help="catalog URL (default: env TOKENREEL_CATALOG_URL, else the store's catalog.sqlite)",
+    )
     add_model_and_sampling_options(parser)
-    add("--retention-ratio", type=float, default=defaults.retention_ratio)
-    add("--method", choices=OUTER_METHODS, default=defaults.method)
+    add(
+        "--retention-ratio",
+        type=float,
+        default=defaults.retention_ratio,
+        help="share of the video's tokens the outer stage keeps",
+    )
+    add("--method", choices=OUTER_METHODS, default=defaults.method, help="outer-stage method")
     add("--ray-address", default=None, help="Ray cluster to join (default: start a local Ray)")
     add("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all)")
     add("--workers", type=int, default=1, help="encode actors (default 1)")
-    add("--gpus-per-worker", type=float, default=0.0, help="GPUs per encode actor (0: CPU)")
+    add("--gpus-per-worker", type=float, default=0.0, help="GPUs per encode actor (default 0: CPU)")
     add("--decode-workers", type=int, default=None, help="concurrent decode tasks (default: auto)")
     add("--batch-size", type=int, default=4, help="videos per encode batch and per file")
     add("--retry-failed", action="store_true", help="retry videos that failed in earlier runs")

@@ -343,6 +343,7 @@ def run_pipeline(
         with _progress_bar(len(plan.todo), enabled=progress) as bar:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
                 bar.update(tally.add(batch))
+                bar.set_postfix(failed=len(tally.failures), refresh=False)
                 if on_progress is not None:
                     on_progress(tally.done, len(plan.todo))
     return started
@@ -489,5 +490,13 @@ def _quiet_data_context() -> Iterator[None]:
 def _progress_bar(total: int, *, enabled: bool) -> Iterator[Any]:
     from tqdm.auto import tqdm
 
-    with tqdm(total=total, unit="video", desc="indexing", disable=not enabled) as bar:
+    # Videos done / total, elapsed < ETA, videos/s, and the failures so far (the postfix).
+    bar_format = (
+        "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} videos "
+        "[{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+    )
+    with tqdm(
+        total=total, unit=" videos", desc="indexing", disable=not enabled, bar_format=bar_format
+    ) as bar:
+        bar.set_postfix(failed=0, refresh=False)
         yield bar
