@@ -66,6 +66,7 @@ class AskJob:
     merge: MergeConfig
     generation: GenerationConfig
     history: tuple[Turn, ...] = ()  # earlier turns of a conversation (see `Question`)
+    include_kept_visual: bool = False  # answer with the rows the merge kept (Fig. S2)
 
 
 @dataclass
@@ -237,7 +238,12 @@ class AnswerEngine:
             ),
             cache_hit=prepared.cache_hit,
             batch_size=batch_size,
+            kept_visual=_kept_rows(answer) if prepared.job.include_kept_visual else None,
         )
+
+
+def _kept_rows(answer: Answer) -> list[int] | None:
+    return None if answer.kept_visual is None else [int(r) for r in answer.kept_visual.tolist()]
 
 
 def question_error(exc: Exception) -> ServingError:
