@@ -6,19 +6,25 @@ only when their subcommand runs, so `tokenreel ask` does not pay for torch or Ra
 What the terminal shows (decision): the command's own lines only. By default Ray's driver
 messages and its workers' output (deprecation notices, task retries, `core_worker` lines), Python
 warnings and the decoders' ffmpeg chatter stay off the terminal; Ray still writes its workers'
-output to its log files (/tmp/ray/session_latest/logs). An error is one line naming the command
-and exits non-zero (1; argparse's usage errors 2; Ctrl-C 130). `--verbose` (before or after the
-subcommand) shows all of it, tracebacks included.
+output to its log files (/tmp/ray/session_latest/logs), and what native code writes to this
+process's stderr goes to a file under $TMPDIR/tokenreel-logs (removed when empty). An error is
+one line naming the command and exits non-zero (1; argparse's usage errors 2; Ctrl-C 130).
+`--verbose` (before or after the subcommand) shows all of it, tracebacks included.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import importlib
 import os
 import sys
+import tempfile
+import time
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -32,12 +38,15 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "visualize": ("jobs.visualize.command", "draw which tokens of a video were kept"),
 }
 
-# Read by the code that starts Ray or decoders (jobs.index.decode): "1" shows their output.
+# Read by the code that starts Ray Data or decoders (jobs.index): "1" shows their output.
 VERBOSE_ENV = "TOKENREEL_VERBOSE"
 # Ray reads these when it is imported (driver) and started (its processes inherit them): the
-# driver's `ray` logger at warnings, and no copy of the workers' output on this terminal (it
-# stays in the log files). `setdefault`: a user's own setting wins.
-QUIET_RAY_ENV = {"RAY_LOG_TO_DRIVER": "0", "RAY_LOGGER_LEVEL": "warning"}
+# driver's `ray` logger at errors, and no copy of the workers' output on this terminal (it
+# stays in their log files). `setdefault`: a user's own setting wins.
+QUIET_RAY_ENV = {"RAY_LOG_TO_DRIVER": "0", "RAY_LOGGER_LEVEL": "error"}
+# Where the native libraries' own stderr lines go by default (Ray's C++ core worker logs to the
+# process's stderr, e.g. a `core_worker.cc` line about actor constructor arguments).
+NATIVE_LOG_DIR = Path(tempfile.gettempdir()) / "tokenreel-logs"
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -100,11 +109,46 @@ def add_verbose(parser: argparse.ArgumentParser, default: object) -> None:
     )
 
 
-def quiet_terminal() -> None:
-    """Keep what is not the command's own output off the terminal (module docstring)."""
+def quiet_terminal(command: str) -> Path | None:
+    """Keep what is not the command's own output off the terminal (module docstring); returns
+    the file the process's native stderr now goes to (None: it could not be redirected)."""
     for name, value in QUIET_RAY_ENV.items():
         os.environ.setdefault(name, value)
     warnings.simplefilter("ignore")
+    # Libraries that install their own filters (Ray shows its deprecations "always") still
+    # reach the terminal through showwarning: nothing is shown.
+    warnings.showwarning = _no_warning
+    return _native_stderr_to_file(command)
+
+
+def _no_warning(*args: object, **kwargs: object) -> None:
+    return None
+
+
+def _native_stderr_to_file(command: str) -> Path | None:
+    """Point file descriptor 2 (what C/C++ code and child processes write to) at a log file,
+    and `sys.stderr` (Python's own: the progress bar, error lines, the loggers' stream
+    handlers) at a copy of the terminal's descriptor, so only Python-level output that passed
+    our filters reaches the terminal. The file is removed at exit when nothing was written."""
+    try:
+        NATIVE_LOG_DIR.mkdir(parents=True, exist_ok=True)
+        path = NATIVE_LOG_DIR / f"{command}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
+        log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        sys.stderr.flush()
+        terminal = os.fdopen(os.dup(2), "w", buffering=1, encoding=sys.stderr.encoding)
+    except (OSError, ValueError, AttributeError):  # no writable temp dir, or no real stderr
+        return None
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    sys.stderr = terminal
+    atexit.register(_remove_if_empty, path)
+    return path
+
+
+def _remove_if_empty(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        if path.stat().st_size == 0:
+            path.unlink()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -114,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbose = bool(getattr(args, "verbose", False))
     os.environ[VERBOSE_ENV] = "1" if verbose else "0"
     if not verbose:
-        quiet_terminal()
+        quiet_terminal(args.command)
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
     except KeyboardInterrupt:

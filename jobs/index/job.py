@@ -42,6 +42,7 @@ an orphan that `Store.collect_garbage` removes.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -51,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from jobs.index.decode import DecodeSettings
+from jobs.index.decode import VERBOSE_ENV, DecodeSettings
 from jobs.index.sources import list_sources
 from jobs.index.stages import (
     CHAOS_ENV,
@@ -480,10 +481,23 @@ def _quiet_data_context() -> Iterator[None]:
     context = DataContext.get_current()
     saved = (context.enable_progress_bars, context.max_errored_blocks)
     context.enable_progress_bars, context.max_errored_blocks = False, 0
+    # Ray Data's console handler prints its execution plan and progress notes at INFO: only
+    # its errors reach the terminal unless --verbose (all of it stays in Ray Data's log file).
+    console = [
+        handler
+        for handler in logging.getLogger("ray.data").handlers
+        if isinstance(handler, logging.StreamHandler)
+    ]
+    levels = [handler.level for handler in console]
+    if os.environ.get(VERBOSE_ENV) != "1":
+        for handler in console:
+            handler.setLevel(max(handler.level, logging.ERROR))
     try:
         yield
     finally:
         context.enable_progress_bars, context.max_errored_blocks = saved
+        for handler, level in zip(console, levels, strict=True):
+            handler.setLevel(level)
 
 
 @contextmanager
