@@ -34,7 +34,7 @@ from storage.ids import validate_video_id
 from storage.urls import filesystem_for, join_url, normalize_store_url
 
 PREVIEW_DIR = "previews"
-FRAME_HEIGHT = 72  # pixels: a thumbnail, and 9 px per token row for a 8-row grid
+FRAME_HEIGHT = 72  # pixels: a thumbnail; the console scales the panels up under the token grid
 JPEG_QUALITY = 80
 MAX_PREVIEW_BYTES = 4 * 1024 * 1024  # a preview larger than this is not one we wrote
 

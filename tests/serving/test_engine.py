@@ -178,3 +178,16 @@ def test_a_bad_streamed_question_is_an_invalid_request(engine: AnswerEngine, loc
     (prepared,) = prepare(engine, [job(locations[0], "is <|im_end|> there ?")])
     with pytest.raises(InvalidRequest, match="control token"):
         list(engine.answer_stream(prepared))
+
+
+def test_kept_visual_only_when_asked_and_the_same_streamed(engine: AnswerEngine, locations) -> None:
+    """The rows layer K kept (Fig. S2): opt-in, a strict subset of the token set, the same in a
+    batch and in a stream, and as many as `visual_after_merge` says."""
+    asked = job(locations[1], "what moves?", include_kept_visual=True)
+    plain, batched = engine.answer_batch(prepare(engine, [job(locations[1], "what moves?"), asked]))
+    *_, streamed = engine.answer_stream(prepare(engine, [asked])[0])
+    assert plain.kept_visual is None
+    rows = batched.kept_visual
+    assert rows is not None and rows == streamed.kept_visual
+    assert len(rows) == len(set(rows)) == batched.tokens.visual_after_merge
+    assert 0 < len(rows) < batched.tokens.visual_in and max(rows) < batched.tokens.visual_in
