@@ -101,6 +101,11 @@ def test_the_library_lists_indexed_and_failed_videos(page, store: ConsoleStore) 
     sync_api.expect(failed.locator(".reason")).to_have_text(store.failed_reason)
     indexed = page.locator('#videos tr[data-video-id="consoleours01"]')
     sync_api.expect(indexed).to_contain_text("36 \u2192 9")  # 4 x 3 x 3 tokens, r = 0.25
+    # Its thumbnail is the first frame of the preview strip (frames of 64 x 48 pixels).
+    thumb = indexed.locator("canvas.thumb")
+    page.wait_for_function("c => c.width === 96 && c.height === 72", arg=thumb.element_handle())
+    pixels = np.asarray(Image.open(BytesIO(thumb.screenshot())).convert("RGB"))
+    assert pixels.std() > 5  # a picture, not a blank canvas
     # The failed filter shows only the failure; the key was asked once for the tab.
     page.locator("#status-filter").select_option("failed")
     sync_api.expect(rows).to_have_count(1)
