@@ -183,7 +183,7 @@ def test_a_question_streams_its_answer_and_draws_what_layer_k_kept(
 ) -> None:
     from jobs.visualize.render import QUESTION_KEPT_COLOUR
 
-    video = "consoleours01"
+    video = "consolevzip02"  # all three fates in the screenshot
     with api(service) as client:
         whole = client.post(
             f"/v1/videos/{video}/ask", json={"question": QUESTION, "include_kept_visual": True}
