@@ -128,3 +128,14 @@ def test_human_bytes() -> None:
         "6.2 KB",
         "2.5 MB",
     ]
+
+
+def test_search_matches_uris_only_when_asked(store_dir: Path) -> None:
+    """A server that hides source URIs searches video ids only (no oracle on the URIs)."""
+    catalog = open_store(str(store_dir)).catalog
+    assert catalog.count_videos(search="broken") == 1  # the failed /srv/clips/broken.mp4
+    assert catalog.count_videos(search="broken", search_uris=False) == 0
+    assert catalog.list_videos(search="broken", search_uris=False) == []
+    video = _id(make_token_set(1))
+    [found] = catalog.list_videos(search=video[3:9].upper(), search_uris=False)
+    assert found.video_id == video
