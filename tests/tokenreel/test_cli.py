@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 
+from tokenreel import cli
 from tokenreel.cli import QUIET_RAY_ENV, SUBCOMMANDS, VERBOSE_ENV, build_parser, main, shows_default
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,9 +55,13 @@ def _unusable_catalog(tmp_path: Path) -> str:
 
 @pytest.fixture
 def cli_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`main` sets these for the processes it starts: restored after the test."""
+    """What `main` changes for the whole process, restored after the test: the environment its
+    children inherit and the warning hook; the stderr redirection stays off here (pytest's
+    own capture; `test_the_command_runs_as_a_process` runs it for real)."""
     for name in (VERBOSE_ENV, *QUIET_RAY_ENV):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
+    monkeypatch.setattr(cli, "_native_stderr_to_file", lambda command: None)
 
 
 @pytest.mark.usefixtures("cli_environment")
