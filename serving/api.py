@@ -68,7 +68,7 @@ from serving.settings import ServeSettings
 from storage.catalog import Catalog, VideoRecord, VideoStatus
 from storage.ids import validate_video_id
 from storage.previews import PreviewFacts, read_preview_facts, read_preview_jpeg
-from storage.runs_command import run_row
+from storage.run_states import interrupted_videos, run_row
 from storage.token_files import TokenSetReadError, read_token_set
 
 API_DESCRIPTION = """Questions over the compressed visual-token sets of indexed videos.
@@ -286,7 +286,9 @@ class ApiServer:
 
         return list(await asyncio.gather(*(facts(r) for r in records)))
 
-    def video_info(self, record: VideoRecord, facts: PreviewFacts | None = None) -> VideoInfo:
+    def video_info(
+        self, record: VideoRecord, facts: PreviewFacts | None = None, interrupted: bool = False
+    ) -> VideoInfo:
         return VideoInfo(
             video_id=record.video_id,
             uri=record.uri if self.settings.expose_source_uris else None,
@@ -295,6 +297,7 @@ class ApiServer:
             status=record.status.value,
             error=self.failure_reason(record),
             attempts=record.attempts,
+            interrupted=interrupted,
             visual_tokens=record.location.kept_count if record.location else None,
             bytes=record.location.length if record.location else None,
             tokens_in=facts.tokens_in if facts else None,
@@ -445,8 +448,13 @@ async def list_videos(
         ),
         asyncio.to_thread(catalog.count_videos, status, search, search_uris=uris),
     )
-    facts = await server.previews(records)
-    data = [server.video_info(r, f) for r, f in zip(records, facts, strict=True)]
+    facts, interrupted = await asyncio.gather(
+        server.previews(records), asyncio.to_thread(interrupted_videos, catalog, records)
+    )
+    data = [
+        server.video_info(r, f, r.video_id in interrupted)
+        for r, f in zip(records, facts, strict=True)
+    ]
     return VideoList(data=data, total=total, limit=limit, offset=offset)
 
 
@@ -459,7 +467,8 @@ async def get_video(server: Server, record: Record, video_id: str) -> VideoInfo:
     if found is None:
         raise NotFound(f"video {video_id!r} not found", code="video_not_found")
     [facts] = await server.previews([found])
-    return server.video_info(found, facts)
+    interrupted = await asyncio.to_thread(interrupted_videos, server.catalog, [found])
+    return server.video_info(found, facts, bool(interrupted))
 
 
 async def _indexed_record(server: ApiServer, video_id: str) -> VideoRecord:

@@ -195,6 +195,10 @@ class VideoInfo(BaseModel):
     status: Literal["pending", "indexed", "failed"]
     error: str | None = Field(description="why indexing failed (status failed), paths removed")
     attempts: int = Field(description="failed indexing attempts so far")
+    interrupted: bool = Field(
+        default=False,
+        description="pending because its indexing run was interrupted (a rerun resumes it)",
+    )
     visual_tokens: int | None = Field(description="tokens in the stored token set (indexed)")
     bytes: int | None = Field(default=None, description="size of the stored token set")
     tokens_in: int | None = Field(

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
-from storage.catalog import RunSummary
+from storage.run_states import run_row
 from storage.videos_command import _non_negative, _positive, add_store_options
 
 
@@ -52,22 +51,3 @@ def run(args: argparse.Namespace) -> int:
     for line in lines:
         print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
     return 0
-
-
-def run_row(summary: RunSummary) -> dict[str, Any]:
-    """A run as plain JSON values: state running / finished / interrupted, and its counts (the
-    final ones when recorded, else the live status counts)."""
-    final = summary.counts
-    if final is None:
-        state, counts = "running", dict(summary.status_counts)
-    else:
-        state = "interrupted" if final.get("interrupted") else "finished"
-        counts = {k: v for k, v in final.items() if k != "interrupted"}
-    return {
-        "run_id": summary.run_id,
-        "state": state,
-        "started_at": summary.started_at.isoformat(),
-        "finished_at": None if summary.finished_at is None else summary.finished_at.isoformat(),
-        "counts": counts,
-        "settings": summary.settings,
-    }

@@ -135,9 +135,10 @@ async function showLibrary() {
   const body = $("videos").tBodies[0];
   body.replaceChildren();
   for (const info of listing.data) {
+    const status = info.interrupted ? "interrupted" : info.status;
     const row = document.createElement("tr");
     row.dataset.videoId = info.video_id;
-    row.dataset.status = info.status;
+    row.dataset.status = status;
     const thumb = document.createElement("canvas");
     thumb.className = "thumb";
     thumb.width = 64;
@@ -145,7 +146,7 @@ async function showLibrary() {
     const link = text("a", info.video_id);
     link.href = `#/video/${encodeURIComponent(info.video_id)}`;
     const cells = [
-      thumb, link, text("span", info.status, `status status-${info.status}`),
+      thumb, link, text("span", status, `status status-${status}`),
       formatSeconds(info.duration_s), formatTokens(info), formatBytes(info.bytes), info.error || "",
     ];
     cells.forEach((cell, i) => {
@@ -308,7 +309,8 @@ async function showVideo(videoId) {
   const id = encodeURIComponent(videoId);
   const info = await getJson(`/v1/videos/${id}`);
   const facts = {
-    status: info.status, reason: info.error, model: info.model_id,
+    status: info.interrupted ? "pending (its indexing run was interrupted)" : info.status,
+    reason: info.error, model: info.model_id,
     "tokens in \u2192 kept": formatTokens(info), bytes: formatBytes(info.bytes),
     duration: formatSeconds(info.duration_s), frames: info.frames,
   };

@@ -58,14 +58,17 @@ class ConsoleStore:
     indexed: dict[str, str]  # video id -> outer method
     failed: str
     failed_reason: str
+    interrupted: str  # pending: its indexing run was interrupted
 
 
 def write_console_store(root: Path) -> ConsoleStore:
     """A local store with two videos indexed for the tiny LLaVA-OV (one by the paper's method,
     one by VisionZip, whose token set has all three fates: kept, merged, dropped), each with the
-    preview the indexing job makes, one video that failed, and the run that did it all."""
+    preview the indexing job makes, one video that failed, the run that did it all, and a later
+    run that was interrupted, leaving one video pending."""
     from compression import CompressionConfig, compress_video
     from compression.models import load_video_llm
+    from storage.ids import video_id_for
     from storage.previews import frame_strip_jpeg, write_preview_quietly
     from storage.store import open_store
     from tokenreel.sample_videos import synthetic_frames
@@ -88,9 +91,13 @@ def write_console_store(root: Path) -> ConsoleStore:
         "/srv/archive/broken.mp4", llm.model_id, config.stable_hash(), reason, run_id=run
     )
     store.catalog.finish_run(run, {"indexed": len(indexed), "failed": 1})
-    from storage.ids import video_id_for
-
-    return ConsoleStore(root, indexed, video_id_for("/srv/archive/broken.mp4"), reason)
+    stopped = store.catalog.start_run({"source": "/srv/more", "model": llm.model_id})
+    [left] = store.catalog.register_pending(
+        ["/srv/more/left.mp4"], llm.model_id, config.stable_hash(), run_id=stopped
+    )
+    store.catalog.finish_run(stopped, {"indexed": 0, "failed": 0, "interrupted": 1})
+    failed = video_id_for("/srv/archive/broken.mp4")
+    return ConsoleStore(root, indexed, failed, reason, left)
 
 
 def model_replicas() -> list[tuple[str, str]]:

@@ -92,11 +92,15 @@ def test_without_the_key_nothing_but_the_prompt(page, service: str) -> None:
 def test_the_library_lists_indexed_and_failed_videos(page, store: ConsoleStore) -> None:
     sign_in(page)
     rows = page.locator("#videos tbody tr")
-    sync_api.expect(rows).to_have_count(len(store.indexed) + 1)
+    sync_api.expect(rows).to_have_count(len(store.indexed) + 2)
     statuses = {
         row.get_attribute("data-video-id"): row.get_attribute("data-status") for row in rows.all()
     }
-    assert statuses == {**dict.fromkeys(store.indexed, "indexed"), store.failed: "failed"}
+    assert statuses == {
+        **dict.fromkeys(store.indexed, "indexed"),
+        store.failed: "failed",
+        store.interrupted: "interrupted",
+    }
     failed = page.locator(f'#videos tr[data-video-id="{store.failed}"]')
     sync_api.expect(failed.locator(".reason")).to_have_text(store.failed_reason)
     indexed = page.locator('#videos tr[data-video-id="consoleours01"]')
@@ -113,8 +117,9 @@ def test_the_library_lists_indexed_and_failed_videos(page, store: ConsoleStore) 
     page.goto("/ui/#/runs")
     page.reload()
     run_rows = page.locator("#runs tbody tr")
-    sync_api.expect(run_rows).to_have_count(1)
-    sync_api.expect(run_rows.first).to_contain_text("finished")
+    sync_api.expect(run_rows).to_have_count(2)  # newest first
+    sync_api.expect(run_rows.nth(0)).to_contain_text("interrupted")
+    sync_api.expect(run_rows.nth(1)).to_contain_text("finished")
     assert "/srv/" not in page.content()  # the run's source is a server path: not shown
 
 

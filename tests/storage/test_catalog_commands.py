@@ -45,6 +45,9 @@ def store_dir(tmp_path: Path) -> Path:
     )
     catalog.finish_run(finished, {"indexed": 2, "failed": 1})
     interrupted = catalog.start_run({"source": "/srv/more", "model": "test-model"})
+    catalog.register_pending(
+        ["/srv/more/left.mp4"], "test-model", with_preview.config_hash, run_id=interrupted
+    )
     catalog.finish_run(interrupted, {"indexed": 0, "failed": 0, "interrupted": 1})
     return root
 
@@ -67,11 +70,14 @@ def test_videos_lists_status_reason_tokens_and_bytes(store_dir: Path, capsys) ->
     code, out = _run(capsys, "videos", "--store", str(store_dir), "--json")
     assert code == 0
     listing = json.loads(out)
-    assert listing["total"] == 3
+    assert listing["total"] == 4
     by_status = {}
     for video in listing["videos"]:
         by_status.setdefault(video["status"], []).append(video)
+    [left] = by_status["pending"]  # its run was interrupted: a rerun resumes it
+    assert left["interrupted"] and left["tokens_kept"] is None
     [failed] = by_status["failed"]
+    assert not failed["interrupted"]
     assert failed["reason"] == "decode: moov atom not found" and failed["bytes"] is None
     indexed = {v["video_id"]: v for v in by_status["indexed"]}
     first, second = indexed[_id(make_token_set(1))], indexed[_id(make_token_set(2))]
@@ -81,7 +87,7 @@ def test_videos_lists_status_reason_tokens_and_bytes(store_dir: Path, capsys) ->
 
     code, out = _run(capsys, "videos", "--store", str(store_dir))
     assert code == 0 and "36 -> 12" in out and "moov atom not found" in out
-    assert "1-3 of 3" in out
+    assert "pending (interrupted)" in out and "1-4 of 4" in out
 
 
 def test_videos_filters_by_status_and_inspects_one(store_dir: Path, capsys) -> None:
