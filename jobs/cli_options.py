@@ -14,7 +14,11 @@ def add_model_and_sampling_options(parser: argparse.ArgumentParser) -> None:
     --dpc-knn-convention."""
     defaults = CompressionConfig()
     add = parser.add_argument
-    add("--model", default=None, help=f"Video-LLM name (env {MODEL_ENV}; {DEFAULT_MODEL})")
+    add(
+        "--model",
+        default=None,
+        help=f"Video-LLM name (default: env {MODEL_ENV}, else {DEFAULT_MODEL})",
+    )
     add("--frames", type=int, default=defaults.frames, help="frames sampled per video (32)")
     add(
         "--frame-size",
@@ -23,7 +27,12 @@ def add_model_and_sampling_options(parser: argparse.ArgumentParser) -> None:
         help="short side of decoded frames (default: the model's input size when fixed)",
     )
     add("--tau", type=float, default=defaults.tau, help="similarity threshold of the pool")
-    add("--cluster-ratio", type=float, default=defaults.cluster_ratio)
+    add(
+        "--cluster-ratio",
+        type=float,
+        default=defaults.cluster_ratio,
+        help="share of the kept tokens refilled as DPC-KNN cluster tokens",
+    )
     add("--knn-k", type=int, default=defaults.knn_k, help="k of the DPC-KNN density")
     add(
         "--dpc-knn-convention",

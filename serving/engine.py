@@ -74,6 +74,7 @@ class AskJob:
     # their span; empty: the video-level set at `location`.
     chunks: tuple[TokenSetLocation, ...] = ()
     chunks_span: tuple[float, float] | None = None
+    include_kept_visual: bool = False  # answer with the rows the merge kept (Fig. S2)
 
 
 @dataclass
@@ -243,7 +244,12 @@ class AnswerEngine:
             ),
             cache_hit=prepared.cache_hit,
             batch_size=batch_size,
+            kept_visual=_kept_rows(answer) if prepared.job.include_kept_visual else None,
         )
+
+
+def _kept_rows(answer: Answer) -> list[int] | None:
+    return None if answer.kept_visual is None else [int(r) for r in answer.kept_visual.tolist()]
 
 
 def question_error(exc: Exception) -> ServingError:

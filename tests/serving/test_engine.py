@@ -162,3 +162,18 @@ def test_every_outer_method_is_answered(engine: AnswerEngine, tmp_path: Path) ->
     for method, token_set, result in zip(OUTER_METHODS, token_sets, results, strict=True):
         assert isinstance(result, AskResponse), method
         assert result.tokens.visual_in == token_set.kept_count, method
+
+
+def test_kept_visual_only_when_asked_and_the_same_in_any_batch(
+    engine: AnswerEngine, locations
+) -> None:
+    """The rows layer K kept (Fig. S2): opt-in, a strict subset of the token set, the same alone
+    and beside another question, and as many as `visual_after_merge` says."""
+    asked = job(locations[1], "what moves?", include_kept_visual=True)
+    plain, batched = engine.answer_batch(prepare(engine, [job(locations[1], "what moves?"), asked]))
+    (alone,) = engine.answer_batch(prepare(engine, [asked]))
+    assert plain.kept_visual is None
+    rows = batched.kept_visual
+    assert rows is not None and rows == alone.kept_visual
+    assert len(rows) == len(set(rows)) == batched.tokens.visual_after_merge
+    assert 0 < len(rows) < batched.tokens.visual_in and max(rows) < batched.tokens.visual_in
