@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs=2,
         metavar=("START_S", "END_S"),
         default=None,
-        help="answer over this part of a video indexed with --chunk-seconds",
+        help="answer over this part of a video indexed with --chunk-seconds "
+        "(default: the whole video)",
     )
     add("--timeout", type=float, default=600.0, help="seconds to wait for the answer")
     add("--json", action="store_true", help="print the whole response as JSON")

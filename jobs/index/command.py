@@ -85,21 +85,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--chunk-seconds",
         type=float,
         default=None,
-        help="index videos longer than this in windows of this many seconds (long videos)",
+        help="index videos longer than this in windows of this many seconds "
+        "(default: whole videos in one pass)",
     )
     add(
         "--fps",
         type=float,
         default=None,
-        help="with --chunk-seconds: sample this many frames per second instead of --frames",
+        help="with --chunk-seconds: sample this many frames per second "
+        "(default: --frames per window)",
     )
     add(
         "--follow",
         action="store_true",
         help="SOURCE is live (an .m3u8 playlist, a directory receiving segments, a growing "
-        "file): index new chunks as they complete until SIGINT/SIGTERM (jobs.index.follow)",
+        "file): index new chunks as they complete until SIGINT/SIGTERM (default: off)",
     )
-    add("--poll-seconds", type=float, default=2.0, help="with --follow: seconds between polls")
+    add(
+        "--poll-seconds",
+        type=float,
+        default=2.0,
+        help="with --follow: seconds between polls (default 2)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
