@@ -28,13 +28,14 @@ def test_matches_reference(
     video: ref.IntegerVideo, cluster_share: float, k: int, convention: str, kept: int
 ):
     """kept < 32 keeps fewer nearest neighbours per row than the default, so that many rows have
-    no denser token among them and take the re-scan path."""
+    no denser token among them and take the re-scan path (and fewer than k: the density's k
+    nearest are kept whatever the setting)."""
     r = len(video.tokens)
     num_clusters = max(1, round(cluster_share * r))
     centres, labels = ref.dpc_knn(video.tokens, num_clusters, k, convention)
     tokens = torch.tensor(video.tokens)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(dpc_module, "_KEPT_NEIGHBOURS", max(kept, k))
+        patch.setattr(dpc_module, "_KEPT_NEIGHBOURS", kept)
         for chunk_bytes in (None, 4 * r * 3):  # whole matrix, and chunks of 3 rows
             clusters = dpc_knn(
                 tokens, num_clusters, k, convention=convention, chunk_bytes=chunk_bytes
