@@ -142,7 +142,7 @@ def _peak_order(
     x: torch.Tensor, sq_norm: torch.Tensor, k: int, convention: str, rows: int
 ) -> torch.Tensor:
     r = x.shape[0]
-    near_d2, near_index, farthest = _neighbour_lists(x, sq_norm, rows)
+    near_d2, near_index, farthest = _neighbour_lists(x, sq_norm, rows, max(k, _KEPT_NEIGHBOURS))
 
     # Density: the sum of the k_others nearest other tokens' squared distances, plus self's 0
     # under "peers"; summed in float32 in ascending order, so equal neighbourhoods stay equal.
@@ -204,13 +204,13 @@ def _squared_distances(
 
 
 def _neighbour_lists(
-    x: torch.Tensor, sq_norm: torch.Tensor, rows: int
+    x: torch.Tensor, sq_norm: torch.Tensor, rows: int, wanted: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The one pass: each row's nearest other tokens ([R, n] squared distances ascending and
-    their indices, n = min(_KEPT_NEIGHBOURS, R - 1)) and its largest distance [R] (self's 0
-    included)."""
+    their indices, n = min(wanted, R - 1); wanted >= k, so the density's neighbours are there)
+    and its largest distance [R] (self's 0 included)."""
     r = x.shape[0]
-    kept = min(_KEPT_NEIGHBOURS, r - 1)
+    kept = min(wanted, r - 1)
     near_d2 = torch.empty(r, kept, dtype=torch.float32, device=x.device)
     near_index = torch.empty(r, kept, dtype=torch.long, device=x.device)
     farthest = torch.empty(r, dtype=torch.float32, device=x.device)

@@ -28,13 +28,14 @@ def test_matches_reference(
     video: ref.IntegerVideo, cluster_share: float, k: int, convention: str, kept: int
 ):
     """kept < 32 keeps fewer nearest neighbours per row than the default, so that many rows have
-    no denser token among them and take the re-scan path."""
+    no denser token among them and take the re-scan path (and fewer than k: the density's k
+    nearest are kept whatever the setting)."""
     r = len(video.tokens)
     num_clusters = max(1, round(cluster_share * r))
     centres, labels = ref.dpc_knn(video.tokens, num_clusters, k, convention)
     tokens = torch.tensor(video.tokens)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(dpc_module, "_KEPT_NEIGHBOURS", max(kept, k))
+        patch.setattr(dpc_module, "_KEPT_NEIGHBOURS", kept)
         for chunk_bytes in (None, 4 * r * 3):  # whole matrix, and chunks of 3 rows
             clusters = dpc_knn(
                 tokens, num_clusters, k, convention=convention, chunk_bytes=chunk_bytes
@@ -200,3 +201,22 @@ def test_rejects_bad_arguments():
         dpc_knn(torch.zeros(4, 3), 1, 0)
     with pytest.raises(ValueError, match="convention"):
         dpc_knn(torch.zeros(4, 3), 1, 7, convention="self")  # type: ignore[arg-type]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_half_distances_are_one_float32_accumulated_matmul(dtype: torch.dtype):
+    """On CUDA, half tokens go into the matmul as they are and come out float32, as close to the
+    float32 product of the same values as float32 accumulation makes them (a half-precision
+    output would be ~1e-2 off)."""
+    gen = torch.Generator().manual_seed(8)
+    tokens = torch.randn(300, 3584, generator=gen).to(dtype)
+    operand = dpc_module.matmul_operand(tokens.cuda())
+    assert operand.dtype == dtype
+    product = gram(operand, operand).cpu()
+    exact = tokens.double() @ tokens.double().T
+    assert product.dtype == torch.float32
+    assert torch.allclose(product.double(), exact, rtol=1e-5, atol=1e-3)
+    on_gpu = dpc_knn(tokens.cuda(), 12, 7)
+    assert on_gpu.means.dtype == dtype and int(on_gpu.sizes.sum()) == 300
