@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: setup demo test lint format bench-cpu
+.PHONY: setup demo test lint format browser bench-cpu
 
 setup: $(VENV)/.installed
 
@@ -26,5 +26,11 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint
+# The console's browser tests drive the system's Chromium (Debian's package, run headless by
+# Playwright from its path; no browser download). Installed here only when missing (needs root).
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || (apt-get update -q && apt-get install -y -q chromium)
+
+test: lint browser
 	$(BIN)/python -m pytest -q

@@ -15,8 +15,9 @@ Scenarios (each reports client-side p50/p99 latency, throughput, cache hit rate,
             on the same token sets (service overhead = service - engine, p50 and p99).
   cold/hit  the first question about each video (token set read from the store) vs the second
             (in the replica's cache).
-  batching  --concurrency concurrent questions over --videos videos, `@serve.batch` on
-            (max_batch_size = concurrency) vs off (max_batch_size 1).
+  batching  --concurrency concurrent questions over --videos videos, continuous batching on
+            (max_batch_size = concurrency questions running) vs off (max_batch_size 1);
+            `bench_batching.py` compares it with the old static batching.
   affinity  2 model replicas whose caches hold 75% of the videos each, --concurrency
             concurrent questions: video-affinity routing on vs Serve's default router (CPU only:
             the GPU machine has one GPU).

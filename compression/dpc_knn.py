@@ -100,17 +100,48 @@ def dpc_knn(
     chunk_bytes: int | None = None,
 ) -> Clusters:
     """Cluster `tokens` [R, d] into `num_clusters` (clamped to [1, R]) DPC-KNN clusters."""
-    r = tokens.shape[0]
-    if r == 0:
+    _check_arguments(tokens, k, convention)
+    num_clusters = max(1, min(int(num_clusters), tokens.shape[0]))
+    x = matmul_operand(tokens)
+    rows = _chunk_rows(tokens.shape[0], x.is_cuda, chunk_bytes)
+    sq_norm = torch.cat([_squared_norms(x[s : s + rows]) for s in range(0, x.shape[0], rows)])
+    order = _peak_order(x, sq_norm, k, convention, rows)
+    centres = torch.sort(order[:num_clusters]).values
+    labels = _nearest_centre(x, sq_norm, centres, rows)
+    means, sizes = mean_by_group(tokens, labels, num_clusters)
+    return Clusters(centres=centres, labels=labels, means=means, sizes=sizes)
+
+
+def peak_order(
+    tokens: torch.Tensor,
+    k: int,
+    *,
+    convention: DpcConvention = "peers",
+    chunk_bytes: int | None = None,
+) -> torch.Tensor:
+    """All rows of `tokens` [R, d] by descending gamma = rho * delta (earlier row first on ties):
+    the density-peak ranking whose first C rows are `dpc_knn`'s centres (HoliTom's and FastVID's
+    baselines take their centres from it too)."""
+    _check_arguments(tokens, k, convention)
+    x = matmul_operand(tokens)
+    rows = _chunk_rows(tokens.shape[0], x.is_cuda, chunk_bytes)
+    sq_norm = torch.cat([_squared_norms(x[s : s + rows]) for s in range(0, x.shape[0], rows)])
+    return _peak_order(x, sq_norm, k, convention, rows)
+
+
+def _check_arguments(tokens: torch.Tensor, k: int, convention: str) -> None:
+    if tokens.shape[0] == 0:
         raise ValueError("dpc_knn needs at least one token")
-    if k < 1:
+    if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k}")
     if convention not in DPC_CONVENTIONS:
         raise ValueError(f"unknown DPC-KNN convention {convention!r}; one of {DPC_CONVENTIONS}")
-    num_clusters = max(1, min(int(num_clusters), r))
-    x = matmul_operand(tokens)
-    rows = _chunk_rows(r, x.is_cuda, chunk_bytes)
-    sq_norm = torch.cat([_squared_norms(x[s : s + rows]) for s in range(0, r, rows)])
+
+
+def _peak_order(
+    x: torch.Tensor, sq_norm: torch.Tensor, k: int, convention: str, rows: int
+) -> torch.Tensor:
+    r = x.shape[0]
     near_d2, near_index, farthest = _neighbour_lists(x, sq_norm, rows)
 
     # Density: the sum of the k_others nearest other tokens' squared distances, plus self's 0
@@ -133,11 +164,7 @@ def dpc_knn(
     # log(gamma) = log(rho) + log(|delta| / sqrt(dim)); the -log(sqrt(dim)) is the same for every
     # token, so it is left out of the ranking.
     log_gamma = log_rho + 0.5 * torch.log(delta_sq.double())
-    best = torch.sort(log_gamma, descending=True, stable=True).indices[:num_clusters]
-    centres = torch.sort(best).values
-    labels = _nearest_centre(x, sq_norm, centres, rows)
-    means, sizes = mean_by_group(tokens, labels, num_clusters)
-    return Clusters(centres=centres, labels=labels, means=means, sizes=sizes)
+    return torch.sort(log_gamma, descending=True, stable=True).indices
 
 
 def matmul_operand(tokens: torch.Tensor) -> torch.Tensor:

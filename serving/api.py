@@ -27,7 +27,8 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from compression.models import GenerationConfig, Turn
-from serving import openai_compat
+from compression.token_set import TokenSet
+from serving import console, openai_compat
 from serving.engine import AskJob, ModelInfo
 from serving.error_handlers import error_response, install_error_handlers
 from serving.errors import (
@@ -58,6 +59,9 @@ from serving.schemas import (
     MergeSettings,
     ModelCard,
     ModelList,
+    RunInfo,
+    RunList,
+    TokenSetView,
     VideoInfo,
     VideoList,
 )
@@ -65,6 +69,9 @@ from serving.settings import ServeSettings
 from serving.time_range import check_time_range, chunks_for_range
 from storage.catalog import Catalog, VideoRecord, VideoStatus
 from storage.ids import validate_video_id
+from storage.previews import PreviewFacts, read_preview_facts, read_preview_jpeg
+from storage.run_states import run_row
+from storage.token_files import TokenSetReadError, read_token_set
 
 API_DESCRIPTION = """Questions over the compressed visual-token sets of indexed videos.
 
@@ -222,6 +229,7 @@ class ApiServer:
         deadline: float,
         history: tuple[Turn, ...] = (),
         time_range: Sequence[float] | None = None,
+        include_kept_visual: bool = False,
     ) -> AskJob:
         """Validate everything about one question and locate its token set (with a time range:
         the chunk sets overlapping it, `serving.time_range`)."""
@@ -236,7 +244,16 @@ class ApiServer:
         location = await asyncio.to_thread(self.catalog.locate, video_id, model_id=info.model_id)
         if location is None:
             await self._raise_unavailable(video_id, info.model_id)
-        job = AskJob(video_id, location, question, system, merge_config, generation, history)
+        job = AskJob(
+            video_id,
+            location,
+            question,
+            system,
+            merge_config,
+            generation,
+            history,
+            include_kept_visual=include_kept_visual,
+        )
         if time_range is None:
             return job
         chunks = await asyncio.to_thread(
@@ -278,7 +295,18 @@ class ApiServer:
             return None
         return strip_paths(record.error, record.uri, keep_uris=self.settings.expose_source_uris)
 
-    def video_info(self, record: VideoRecord) -> VideoInfo:
+    async def previews(self, records: list[VideoRecord]) -> list[PreviewFacts | None]:
+        """The preview facts of each record's token set (None: no token set, or no preview)."""
+
+        async def facts(record: VideoRecord) -> PreviewFacts | None:
+            if record.location is None:
+                return None
+            key = (record.video_id, record.model_id, record.config_hash)
+            return await asyncio.to_thread(read_preview_facts, self.settings.store_url, *key)
+
+        return list(await asyncio.gather(*(facts(r) for r in records)))
+
+    def video_info(self, record: VideoRecord, facts: PreviewFacts | None = None) -> VideoInfo:
         return VideoInfo(
             video_id=record.video_id,
             uri=record.uri if self.settings.expose_source_uris else None,
@@ -288,6 +316,10 @@ class ApiServer:
             error=self.failure_reason(record),
             attempts=record.attempts,
             visual_tokens=record.location.kept_count if record.location else None,
+            bytes=record.location.length if record.location else None,
+            tokens_in=facts.tokens_in if facts else None,
+            frames=facts.frames if facts else None,
+            duration_s=facts.duration_s if facts else None,
             indexed_at=record.indexed_at,
             updated_at=record.updated_at,
         )
@@ -419,26 +451,23 @@ async def list_videos(
     search: str | None = Query(
         default=None,
         max_length=256,
-        description="substring of the video id or source URI; only when URIs are exposed",
+        description="substring of the video id (or of the source URI, when URIs are exposed)",
     ),
     limit: int = Query(default=100, ge=1, le=MAX_LIST_LIMIT),
     offset: int = Query(default=0, ge=0, le=MAX_LIST_OFFSET),
 ) -> VideoList:
-    if search and not server.settings.expose_source_uris:
-        # It matches source URIs too: an oracle on them, which this server does not show.
-        raise InvalidRequest(
-            "search is off: it matches source URIs, which this server does not expose",
-            code="search_disabled",
-            param="search",
-        )
+    # Source URIs are searched only where they are shown: else a search would be an oracle.
+    uris = server.settings.expose_source_uris
     catalog = server.catalog
     records, total = await asyncio.gather(
-        asyncio.to_thread(catalog.list_videos, status, search, limit=limit, offset=offset),
-        asyncio.to_thread(catalog.count_videos, status, search),
+        asyncio.to_thread(
+            catalog.list_videos, status, search, limit=limit, offset=offset, search_uris=uris
+        ),
+        asyncio.to_thread(catalog.count_videos, status, search, search_uris=uris),
     )
-    return VideoList(
-        data=[server.video_info(r) for r in records], total=total, limit=limit, offset=offset
-    )
+    facts = await server.previews(records)
+    data = [server.video_info(r, f) for r, f in zip(records, facts, strict=True)]
+    return VideoList(data=data, total=total, limit=limit, offset=offset)
 
 
 @router.get(
@@ -449,7 +478,102 @@ async def get_video(server: Server, record: Record, video_id: str) -> VideoInfo:
     found = await asyncio.to_thread(server.catalog.get_video, video_id)
     if found is None:
         raise NotFound(f"video {video_id!r} not found", code="video_not_found")
-    return server.video_info(found)
+    [facts] = await server.previews([found])
+    return server.video_info(found, facts)
+
+
+async def _indexed_record(server: ApiServer, video_id: str) -> VideoRecord:
+    """The video's status row that has a token set (404 unknown, 409 none usable)."""
+    video_id = checked_video_id(video_id)
+    found = await asyncio.to_thread(server.catalog.get_video, video_id)
+    if found is None:
+        raise NotFound(f"video {video_id!r} not found", code="video_not_found")
+    if found.location is None:
+        reason = "failed indexing" if found.status == VideoStatus.FAILED else "is not indexed yet"
+        raise VideoNotReady(f"video {video_id!r} {reason}", code=f"video_{found.status.value}")
+    return found
+
+
+@router.get(
+    "/v1/videos/{video_id}/thumbnail",
+    tags=["videos"],
+    responses={
+        200: {"content": {"image/jpeg": {}}, "description": "the sampled frames side by side"},
+        **errors(400, 404, 409),
+    },
+)
+async def get_thumbnail(server: Server, record: Record, video_id: str) -> Response:
+    """The video's preview made at indexing: its sampled frames side by side, one JPEG (the
+    first frame is the thumbnail; the console draws the tokens' fates over each frame)."""
+    record.video_id = video_id
+    found = await _indexed_record(server, video_id)
+    key = (found.video_id, found.model_id, found.config_hash)
+    jpeg = await asyncio.to_thread(read_preview_jpeg, server.settings.store_url, *key)
+    if jpeg is None:
+        raise NotFound(f"video {found.video_id!r} has no preview", code="preview_not_found")
+    return Response(
+        jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"}
+    )
+
+
+@router.get(
+    "/v1/videos/{video_id}/tokens",
+    response_model=TokenSetView,
+    tags=["videos"],
+    responses=errors(400, 404, 409),
+)
+async def get_token_layout(server: Server, record: Record, video_id: str) -> TokenSetView:
+    """Where every token of the video went in the outer stage (no token values): what the
+    console draws as Fig. S3, and the rows `kept_visual` of an answer refer to (Fig. S2)."""
+    record.video_id = video_id
+    found = await _indexed_record(server, video_id)
+    try:
+        token_set = await asyncio.to_thread(read_token_set, found.location)
+    except TokenSetReadError as exc:
+        logger.error("cannot read the token set of %s: %s", found.video_id, exc)
+        raise ServingError(
+            f"the token set of video {found.video_id!r} could not be read from the store "
+            "(missing or corrupt); re-index the video",
+            code="token_set_unreadable",
+        ) from None
+    return token_set_view(found.video_id, token_set)
+
+
+def token_set_view(video_id: str, token_set: TokenSet) -> TokenSetView:
+    assignment = token_set.assignment
+    return TokenSetView(
+        video_id=video_id,
+        model_id=token_set.model_id,
+        config_hash=token_set.config_hash,
+        method=token_set.config.method,
+        retention_ratio=token_set.config.retention_ratio,
+        grid=list(token_set.grid),
+        frames=token_set.frame_count,
+        frame_timestamps=list(token_set.frame_timestamps),
+        original_count=token_set.original_count,
+        kept_count=token_set.kept_count,
+        assignment=None if assignment is None else assignment.cpu().tolist(),
+        kind=token_set.kind.cpu().tolist(),
+        index=token_set.index.cpu().tolist(),
+        size=token_set.size.cpu().tolist(),
+    )
+
+
+@router.get("/v1/runs", response_model=RunList, tags=["videos"], responses=errors(400))
+async def list_runs(
+    server: Server,
+    limit: int = Query(default=20, ge=1, le=MAX_LIST_LIMIT),
+    offset: int = Query(default=0, ge=0, le=MAX_LIST_OFFSET),
+) -> RunList:
+    """Recent indexing runs, newest first, with their counts and settings."""
+    runs = await asyncio.to_thread(server.catalog.list_runs, limit, offset)
+    data = []
+    for summary in runs:
+        row = run_row(summary)
+        if not server.settings.expose_source_uris:
+            row["settings"] = {k: v for k, v in row["settings"].items() if k != "source"}
+        data.append(RunInfo(**row))
+    return RunList(data=data, limit=limit, offset=offset)
 
 
 @router.post(
@@ -471,6 +595,7 @@ async def ask(server: Server, record: Record, video_id: str, body: AskRequest) -
         generation,
         deadline,
         time_range=body.time_range,
+        include_kept_visual=body.include_kept_visual,
     )
     response = await server.ask(job, deadline, param="question")
     response.timings.total_s = time.perf_counter() - started
@@ -502,7 +627,9 @@ async def chat_completions(server: Server, record: Record, body: ChatCompletionR
         chat.generation,
         deadline,
         chat.history,
+        chat.history,
         chat.time_range,
+        include_kept_visual=body.include_kept_visual,
     )
     request_id = openai_compat.completion_id()
     if not body.stream:
@@ -575,6 +702,7 @@ def create_api(server: ApiServer) -> FastAPI:
     install_error_handlers(api)
     api.add_middleware(RequestMiddleware, metrics=server.metrics, key_digest=server.key_digest)
     api.include_router(router)
+    api.include_router(console.router)
     api.openapi = lambda: openapi_document(api, bearer=server.key_digest is not None)  # type: ignore[method-assign]
     return api
 

@@ -15,15 +15,23 @@ from serving.auth import API_KEY_ENV
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("video", help="video id (see GET /v1/videos)")
-    add("question")
-    add("--url", default=os.environ.get("TOKENREEL_URL", "http://127.0.0.1:8000"))
+    add("question", help="the question, in quotes")
+    add(
+        "--url",
+        default=os.environ.get("TOKENREEL_URL", "http://127.0.0.1:8000"),
+        help="the service (env TOKENREEL_URL)",
+    )
     add("--api-key-env", default=API_KEY_ENV, help="environment variable holding the API key")
-    add("--max-new-tokens", type=int, default=None)
-    add("--temperature", type=float, default=None)
-    add("--top-p", type=float, default=None)
-    add("--seed", type=int, default=None)
+    add("--max-new-tokens", type=int, default=None, help="answer length (default: server's, 64)")
+    add("--temperature", type=float, default=None, help="sampling (default 0: greedy)")
+    add("--top-p", type=float, default=None, help="nucleus sampling (default 1)")
+    add("--seed", type=int, default=None, help="sampling seed (default: none)")
     # Not checked here (the server knows its methods; this client imports no torch).
-    add("--merge-method", default=None, help="text_aware, fastv, holitom or none (server's)")
+    add(
+        "--merge-method",
+        default=None,
+        help="text_aware, fastv, holitom or none (default: text_aware)",
+    )
     add("--merge-layer", type=int, default=None, help="K (default 18, or the last layer)")
     add("--keep-ratio", type=float, default=None, help="R (default 0.5)")
     add("--lam", type=float, default=None, help="lambda (default 0.5)")

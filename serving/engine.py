@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +74,7 @@ class AskJob:
     # their span; empty: the video-level set at `location`.
     chunks: tuple[TokenSetLocation, ...] = ()
     chunks_span: tuple[float, float] | None = None
+    include_kept_visual: bool = False  # answer with the rows the merge kept (Fig. S2)
 
 
 @dataclass
@@ -206,20 +207,6 @@ class AnswerEngine:
                 questions[:half], merge, generation
             ) + self._answer_isolated(questions[half:], merge, generation)
 
-    def answer_stream(self, prepared: PreparedQuestion) -> Iterator[str | AskResponse]:
-        """Text pieces as the model produces them, then the `AskResponse`."""
-        job = prepared.job
-        stream = self.llm.answer_stream(prepared.question, job.merge, job.generation)
-        try:
-            for item in stream:
-                if isinstance(item, str):
-                    if item:
-                        yield item
-                else:
-                    yield self.response(prepared, item, batch_size=1, queue_s=0.0)
-        except InvalidQuestion as exc:
-            raise question_error(exc) from None
-
     def response(
         self, prepared: PreparedQuestion, answer: Answer, batch_size: int, queue_s: float
     ) -> AskResponse:
@@ -257,7 +244,12 @@ class AnswerEngine:
             ),
             cache_hit=prepared.cache_hit,
             batch_size=batch_size,
+            kept_visual=_kept_rows(answer) if prepared.job.include_kept_visual else None,
         )
+
+
+def _kept_rows(answer: Answer) -> list[int] | None:
+    return None if answer.kept_visual is None else [int(r) for r in answer.kept_visual.tolist()]
 
 
 def question_error(exc: Exception) -> ServingError:

@@ -18,15 +18,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from serving.auth import check_authorization
+from serving.console import CONSOLE_PATHS
 from serving.error_handlers import error_response
 from serving.errors import InternalError, ServingError, Unauthorized
 from serving.metrics import ApiMetrics
 from serving.schemas import AskResponse
 
-# Probes and the docs (the OpenAPI document declares the bearer scheme: Swagger's Authorize
-# button then sends the key on the calls made from /docs).
+# Probes, the docs (the OpenAPI document declares the bearer scheme: Swagger's Authorize
+# button then sends the key on the calls made from /docs) and the console's static shell (it
+# asks for the key; every call it makes needs it).
 UNAUTHENTICATED_PATHS = frozenset(
-    {"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/openapi.json"}
+    {"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/openapi.json", *CONSOLE_PATHS}
 )
 
 request_log = logging.getLogger("ray.serve.requests")

@@ -229,12 +229,16 @@ def completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex}"
 
 
-FIGURES = {"video_id", "merge", "tokens", "flops", "timings", "cache_hit"}
+FIGURES = {"video_id", "merge", "tokens", "flops", "timings", "cache_hit", "kept_visual"}
 
 
 def figures(response: AskResponse) -> dict[str, Any]:
-    """tokenreel's figures (those of the ask endpoint) for the chat responses' extension."""
-    return response.model_dump(include=FIGURES)
+    """tokenreel's figures (those of the ask endpoint) for the chat responses' extension;
+    `kept_visual` only when asked for."""
+    figures = response.model_dump(include=FIGURES)
+    if figures["kept_visual"] is None:
+        del figures["kept_visual"]
+    return figures
 
 
 def usage(response: AskResponse) -> dict[str, Any]:

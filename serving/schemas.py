@@ -111,6 +111,9 @@ class AskRequest(_Strict, _GenerationFields):
     system: str | None = Field(default=None, min_length=1, max_length=MAX_SYSTEM_CHARS)
     merge: MergeSettings = Field(default_factory=MergeSettings)
     time_range: TimeRange | None = Field(default=None, description=TIME_RANGE_DESCRIPTION)
+    include_kept_visual: bool = Field(
+        default=False, description="also answer with `kept_visual` (what layer K kept)"
+    )
 
     _question_not_blank = field_validator("question", "system")(_not_blank)
 
@@ -187,7 +190,15 @@ class AskResponse(BaseModel):
     flops: FlopsFigures
     timings: Timings
     cache_hit: bool = Field(description="the token set was already in the replica's memory")
-    batch_size: int = Field(description="questions answered in the same forward pass")
+    batch_size: int = Field(
+        description="questions in the running batch right after this one joined it (continuous "
+        "batching; the static path: questions answered in the same forward pass)"
+    )
+    kept_visual: list[int] | None = Field(
+        default=None,
+        description="rows of the token set the merge kept after its last step (Fig. S2); only "
+        "with `include_kept_visual`, null when no merge ran",
+    )
 
 
 class VideoInfo(BaseModel):
@@ -205,8 +216,57 @@ class VideoInfo(BaseModel):
     error: str | None = Field(description="why indexing failed (status failed), paths removed")
     attempts: int = Field(description="failed indexing attempts so far")
     visual_tokens: int | None = Field(description="tokens in the stored token set (indexed)")
+    bytes: int | None = Field(default=None, description="size of the stored token set")
+    tokens_in: int | None = Field(
+        default=None, description="tokens before compression (from the preview; null: none)"
+    )
+    frames: int | None = Field(default=None, description="sampled frames (from the preview)")
+    duration_s: float | None = Field(
+        default=None, description="last sampled timestamp, about the video's length (preview)"
+    )
     indexed_at: datetime | None
     updated_at: datetime
+
+
+class TokenSetView(BaseModel):
+    """What a viewer needs to draw each token's fate (Figs. S2/S3) over the sampled frames:
+    no token values. Token cell i (original order, i = (t * H + h) * W + w) is represented by
+    row `assignment[i]` of the token set (-1: dropped); row r is a `kind[r]` token (0 selected,
+    1 cluster) at grid position `index[r]` (a cluster's centre). Rows of an answer's
+    `kept_visual` are rows of this token set."""
+
+    video_id: str
+    model_id: str
+    config_hash: str
+    method: str
+    retention_ratio: float
+    grid: list[int] = Field(description="(T, H, W) of the full token grid")
+    frames: int = Field(description="sampled frames (0: not recorded); T divides it")
+    frame_timestamps: list[float]
+    original_count: int
+    kept_count: int
+    assignment: list[int] | None = Field(description="null: made before fates were kept")
+    kind: list[int]
+    index: list[list[int]]
+    size: list[int]
+
+
+class RunInfo(BaseModel):
+    """An indexing run: state running / finished / interrupted, its counts (final, or live
+    while running) and its settings (the source only when the server shows source URIs)."""
+
+    run_id: str
+    state: Literal["running", "finished", "interrupted"]
+    started_at: datetime
+    finished_at: datetime | None
+    counts: dict[str, int]
+    settings: dict[str, Any]
+
+
+class RunList(BaseModel):
+    data: list[RunInfo]
+    limit: int
+    offset: int
 
 
 class VideoList(BaseModel):
@@ -282,6 +342,7 @@ class ChatCompletionRequest(BaseModel):
     stop: StopSequence | list[StopSequence] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    include_kept_visual: bool = False  # tokenreel's: `kept_visual` with the figures
 
 
 class ModelCard(BaseModel):

@@ -49,34 +49,91 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = ServeSettings()
     add = parser.add_argument
     add("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
-    add("--port", type=_port, default=8000)
+    add("--port", type=_port, default=8000, help="port to listen on")
     add("--ray-address", default=None, help="existing Ray cluster (default: start a local one)")
-    add("--model", default=None, help=f"Video-LLM (env TOKENREEL_MODEL; {defaults.model})")
-    add("--store", dest="store_url", default=None, help="token store URL (TOKENREEL_STORE_URL)")
-    add("--catalog", dest="catalog_url", default=None, help="catalog URL (TOKENREEL_CATALOG_URL)")
+    add(
+        "--model",
+        default=None,
+        help=f"Video-LLM (default: env TOKENREEL_MODEL, else {defaults.model})",
+    )
+    add(
+        "--store",
+        dest="store_url",
+        default=None,
+        help="token store URL (default: env TOKENREEL_STORE_URL, else ./tokenreel-data)",
+    )
+    add(
+        "--catalog",
+        dest="catalog_url",
+        default=None,
+        help="catalog URL (default: env TOKENREEL_CATALOG_URL, else the store's)",
+    )
     add("--device", default=None, help="auto | cpu | cuda[:i] (default auto)")
-    add("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    add(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="model weights' dtype (default: the model's own for its device)",
+    )
     add("--num-gpus", type=float, default=None, help="GPUs per model replica (default 0)")
     add("--num-cpus", type=float, default=None, help="CPUs per model replica (default 1)")
-    add("--min-replicas", type=int, default=None)
-    add("--max-replicas", type=int, default=None)
-    add("--target-ongoing-requests", type=float, default=None)
-    add("--max-ongoing-requests", type=int, default=None)
+    add(
+        "--min-replicas",
+        type=int,
+        default=None,
+        help=f"model replicas at least (default {defaults.min_replicas})",
+    )
+    add(
+        "--max-replicas",
+        type=int,
+        default=None,
+        help=f"model replicas at most (default {defaults.max_replicas})",
+    )
+    add(
+        "--target-ongoing-requests",
+        type=float,
+        default=None,
+        help=f"autoscaling target per replica (default {defaults.target_ongoing_requests:g})",
+    )
+    add(
+        "--max-ongoing-requests",
+        type=int,
+        default=None,
+        help=f"requests per model replica at once (default {defaults.max_ongoing_requests})",
+    )
     add(
         "--max-batch-size",
         type=int,
         default=None,
-        help="questions in a replica's running (continuous) batch; 1 turns batching off",
+        help="questions in a replica's running (continuous) batch; 1 turns batching off "
+        f"(default {defaults.max_batch_size})",
     )
-    add("--batch-wait-timeout-s", type=float, default=None)
-    add("--cache-bytes", type=parse_bytes, default=None, help="token-set cache per replica")
+    add(
+        "--batch-wait-timeout-s",
+        type=float,
+        default=None,
+        help=f"wait for a fuller batch (default {defaults.batch_wait_timeout_s:g} s)",
+    )
+    add(
+        "--cache-bytes",
+        type=parse_bytes,
+        default=None,
+        help=f"token-set cache per replica (default {defaults.cache_bytes / 2**30:g}GiB)",
+    )
     add(
         "--prefix-cache-bytes",
         type=parse_bytes,
         default=None,
-        help="per-video prefix cache per replica (KV below the merge layer); 0 turns it off",
+        help="per-video prefix cache per replica (KV below the merge layer); 0 turns it off "
+        f"(default {defaults.prefix_cache_bytes / 2**30:g}GiB)",
     )
-    add("--no-affinity", dest="affinity", action="store_false", default=None)
+    add(
+        "--no-affinity",
+        dest="affinity",
+        action="store_false",
+        default=None,
+        help="route questions to any replica, not the one likely caching the video",
+    )
     add(
         "--served-model-name",
         dest="served_model_names",
@@ -90,8 +147,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="show videos' source URIs in the API (off: they may be server paths)",
     )
-    add("--request-timeout-s", type=float, default=None, help="per-request deadline (504 after)")
-    add("--max-queued-requests", type=int, default=None, help="queue bound (503 beyond it)")
+    add(
+        "--request-timeout-s",
+        type=float,
+        default=None,
+        help=f"per-request deadline, 504 after (default {defaults.request_timeout_s:g})",
+    )
+    add(
+        "--max-queued-requests",
+        type=int,
+        default=None,
+        help=f"queue bound, 503 beyond it (default {defaults.max_queued_requests})",
+    )
     add(
         "--skip-resource-check",
         action="store_true",

@@ -803,14 +803,19 @@ class Catalog:
         config_hash: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        search_uris: bool = True,
     ) -> list[VideoRecord]:
         """Status rows (one per video/model/config), most recently updated first.
 
         status filters on pending/indexed/failed/interrupted; search is a case-insensitive
-        substring of the URI or the video id (no wildcards: % and _ match themselves).
+        substring of the URI or the video id (no wildcards: % and _ match themselves); of the id
+        only when `search_uris` is False (a server that does not show URIs must not let a search
+        probe them).
         """
         _check_page(limit, offset)
-        query = self._listing(_RECORD_QUERY, status, search, model_id, config_hash)
+        query = self._listing(
+            _RECORD_QUERY, status, search, model_id, config_hash, search_uris=search_uris
+        )
         with self.engine.connect() as conn:
             rows = conn.execute(
                 query.order_by(
@@ -833,11 +838,13 @@ class Catalog:
         *,
         model_id: str | None = None,
         config_hash: str | None = None,
+        search_uris: bool = True,
     ) -> int:
         """How many rows `list_videos` would page through with the same filters."""
         base = sa.select(sa.func.count()).select_from(_STATUS_ROWS)
+        query = self._listing(base, status, search, model_id, config_hash, search_uris=search_uris)
         with self.engine.connect() as conn:
-            return int(conn.scalar(self._listing(base, status, search, model_id, config_hash)))
+            return int(conn.scalar(query))
 
     def referenced_file_urls(self, store_url: str | None = None) -> set[str]:
         """Every token-set file a catalog row points to, as a URL in the store at `store_url`
@@ -920,6 +927,8 @@ class Catalog:
         search: str | None,
         model_id: str | None,
         config_hash: str | None,
+        *,
+        search_uris: bool = True,
     ) -> sa.Select:
         if status is not None:
             wanted = VideoStatus(status)
@@ -931,12 +940,10 @@ class Catalog:
                 query = query.where(indexing_runs.c.finished_at.is_(None))
         if search:
             needle = search.lower()
-            query = query.where(
-                sa.or_(
-                    sa.func.lower(videos.c.uri).contains(needle, autoescape=True),
-                    sa.func.lower(videos.c.video_id).contains(needle, autoescape=True),
-                )
-            )
+            matches = [sa.func.lower(videos.c.video_id).contains(needle, autoescape=True)]
+            if search_uris:
+                matches.append(sa.func.lower(videos.c.uri).contains(needle, autoescape=True))
+            query = query.where(sa.or_(*matches))
         if model_id is not None:
             query = query.where(video_status.c.model_id == model_id)
         if config_hash is not None:

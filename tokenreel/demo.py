@@ -34,9 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--model", default=DEFAULT_MODEL, help=f"{tiny}, a hub id or a checkpoint directory")
     add("--videos", type=int, default=3, help="sample videos to generate (1-20)")
     add("--frames", type=int, default=32, help="frames sampled per video (the paper's 32)")
-    add("--retention-ratio", type=float, default=0.02)
-    add("--question", default="What happens in this video?")
-    add("--max-new-tokens", type=int, default=12)
+    add(
+        "--retention-ratio",
+        type=float,
+        default=0.02,
+        help="share of tokens kept by the outer stage",
+    )
+    add("--question", default="What happens in this video?", help="asked about each video")
+    add("--max-new-tokens", type=int, default=12, help="answer length in tokens")
 
 
 def _free_port() -> int:

@@ -95,7 +95,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--preset",
         default=None,
         metavar="NAME",
-        help="lay out one of the paper's tables (table-s1 .. table-s8, fig-s1; --list-presets)",
+        help="lay out one of the paper's tables (table-s1 .. table-s8, fig-s1; --list-presets; "
+        "default: none, sweep --methods x --ratios)",
     )
     add("--list-presets", action="store_true", help="list the presets and exit")
     add(
@@ -109,9 +110,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--benchmarks",
         type=lambda t: _names(t, BENCHMARKS, "benchmarks"),
         default=None,
-        help="comma-separated subset of the benchmarks found under DATA (or of the preset's)",
+        help="comma-separated subset of the benchmarks found under DATA (or of the preset's; "
+        "default: all)",
     )
-    add("--limit", type=int, default=None, help="first N questions per benchmark (a smoke run)")
+    add(
+        "--limit",
+        type=int,
+        default=None,
+        help="first N questions per benchmark (a smoke run; default: all)",
+    )
     add(
         "--methods",
         type=lambda t: _names(t, SWEEP_METHODS, "methods"),
@@ -133,16 +140,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="K (default: 18 of 28 layers, scaled to the model's depth)",
     )
-    add("--keep-ratio", type=float, default=None, help="R, kept at layer K by ours (0.5)")
+    add("--keep-ratio", type=float, default=None, help="R, kept at layer K by ours (default 0.5)")
     add(
         "--merge-schedule",
         type=_schedule,
         default=None,
         metavar="K:R,K:R,...",
         help="ours merges at each layer K in turn, keeping R of the visual tokens that reach it "
-        "(Fig. S1), instead of --merge-layer/--keep-ratio; e.g. 8:0.5,16:0.5",
+        "(Fig. S1), instead of --merge-layer/--keep-ratio; e.g. 8:0.5,16:0.5 (default: one step)",
     )
-    add("--lam", type=float, default=None, help="lambda of the text-aware score (0.5)")
+    add("--lam", type=float, default=None, help="lambda of the text-aware score (default 0.5)")
     add(
         "--fastv-layer",
         type=int,
@@ -157,8 +164,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="answer length for every benchmark (default: lmms-eval's per benchmark)",
     )
     add("--decode-timeout", type=float, default=300.0, help="seconds per video decode (300)")
-    add("--store", default=None, help="store URL (env TOKENREEL_STORE_URL; ./tokenreel-data)")
-    add("--catalog", default=None, help="catalog URL (env TOKENREEL_CATALOG_URL)")
+    add(
+        "--store",
+        default=None,
+        help="store URL (default: env TOKENREEL_STORE_URL, else ./tokenreel-data)",
+    )
+    add(
+        "--catalog",
+        default=None,
+        help="catalog URL (default: env TOKENREEL_CATALOG_URL, else the store's)",
+    )
     add("--out", default="eval-report", help="report directory (default ./eval-report)")
     add("--judge-url", default=judge.url, help=f"OpenAI-compatible base URL ({judge.url})")
     add("--judge-model", default=judge.model, help=f"judge model ({judge.model}, as the paper)")
@@ -280,6 +295,7 @@ def run(args: argparse.Namespace) -> int:
             tau=args.tau,
             cluster_ratio=args.cluster_ratio,
             knn_k=args.knn_k,
+            dpc_knn_convention=args.dpc_knn_convention,
             seed=args.seed,
             frames=args.frames,
         )

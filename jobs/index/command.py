@@ -22,11 +22,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = CompressionConfig()
     add = parser.add_argument
     add("source", metavar="SOURCE", help="directory, glob, s3:// prefix, or manifest file")
-    add("--store", default=None, help="store URL (env TOKENREEL_STORE_URL; ./tokenreel-data)")
-    add("--catalog", default=None, help="catalog URL (env TOKENREEL_CATALOG_URL)")
+    add(
+        "--store",
+        default=None,
+        help="store URL (default: env TOKENREEL_STORE_URL, else ./tokenreel-data)",
+    )
+    add(
+        "--catalog",
+        default=None,
+        help="catalog URL (default: env TOKENREEL_CATALOG_URL, else the store's catalog.sqlite)",
+    )
     add_model_and_sampling_options(parser)
-    add("--retention-ratio", type=float, default=defaults.retention_ratio)
-    add("--method", choices=OUTER_METHODS, default=defaults.method)
+    add(
+        "--retention-ratio",
+        type=float,
+        default=defaults.retention_ratio,
+        help="share of the video's tokens the outer stage keeps (default %(default)s)",
+    )
+    add(
+        "--method",
+        choices=OUTER_METHODS,
+        default=defaults.method,
+        help="outer-stage method (default %(default)s)",
+    )
     add(
         "--ray-address",
         default=None,
@@ -35,24 +53,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all)")
     add("--workers", default="1", help="encode actors: N or MIN:MAX, an elastic pool (default 1)")
-    add("--gpus-per-worker", type=float, default=0.0, help="GPUs per encode actor (0: CPU)")
+    add("--gpus-per-worker", type=float, default=0.0, help="GPUs per encode actor (default 0: CPU)")
     add(
         "--worker-resource",
         action="append",
         default=[],
         metavar="NAME=AMOUNT",
-        help="a custom Ray resource each encode actor needs (repeatable)",
+        help="a custom Ray resource each encode actor needs (repeatable; default: none)",
     )
     add(
         "--decode-workers",
         default=None,
         help="concurrent decode tasks: N or MIN:MAX (default: as many as free CPUs allow)",
     )
-    add("--decode-threads", type=int, default=2, help="videos a decode task decodes at once (2)")
+    add(
+        "--decode-threads",
+        type=int,
+        default=2,
+        help="videos a decode task decodes at once (default 2)",
+    )
     add(
         "--skip-resource-check",
         action="store_true",
-        help="start even if the cluster cannot hold the pools now (it autoscales)",
+        help="start even if the cluster cannot hold the pools now (it autoscales; default: check)",
     )
     add("--batch-size", type=int, default=4, help="videos per encode batch and per file")
     add("--retry-failed", action="store_true", help="retry videos that failed in earlier runs")
@@ -88,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
             tau=args.tau,
             cluster_ratio=args.cluster_ratio,
             knn_k=args.knn_k,
+            dpc_knn_convention=args.dpc_knn_convention,
             method=args.method,
         )
         if args.follow:

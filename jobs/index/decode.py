@@ -114,6 +114,20 @@ def scaled_size(width: int, height: int, frame_size: int | None) -> tuple[int, i
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+# Set by `tokenreel --verbose` (tokenreel.cli); only then does ffmpeg's own chatter about a bad
+# file reach stderr: otherwise the reason is what DecodeError says (and the catalog keeps).
+VERBOSE_ENV = "TOKENREEL_VERBOSE"
+
+
+def _set_ffmpeg_log_level() -> None:
+    """Both decoders' ffmpeg libraries log errors only with --verbose, else nothing."""
+    import decord
+
+    verbose = os.environ.get(VERBOSE_ENV) == "1"
+    decord.logging.set_level(decord.logging.ERROR if verbose else decord.logging.QUIET)
+    av.logging.set_level(av.logging.ERROR if verbose else None)
+
+
 def decode_video(path: str | os.PathLike[str], settings: DecodeSettings) -> DecodedVideo:
     """Decode in this process, without a time limit (see `DecoderProcess` for the guarded form)."""
     path = os.fspath(path)
@@ -121,6 +135,7 @@ def decode_video(path: str | os.PathLike[str], settings: DecodeSettings) -> Deco
         raise DecodeError(f"file not found: {path}")
     if os.path.getsize(path) == 0:
         raise DecodeError("empty file (0 bytes)")
+    _set_ffmpeg_log_level()
     info = _probe(path)
     use_decord = settings.backend == "decord" or (settings.backend == "auto" and not info.rotation)
     if use_decord:

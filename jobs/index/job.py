@@ -2,9 +2,10 @@
 
 `index_videos` reads as plan -> run -> summarise:
 
-* plan (driver): resolve the model, the compression config and the sampling; list the source;
-  record the run; ask the catalog what is still to do (minus what it already has for this model
-  + config) and mark those videos pending.
+* plan (driver): resolve the model, the compression config and the sampling; list the source
+  with each video's fingerprint (size + mtime, or ETag); record the run; in chunks of
+  `PLAN_CHUNK`, ask the catalog what is still to do (new, pending or interrupted videos, and
+  indexed ones whose source changed; failed ones with `retry_failed`) and mark those pending.
 * run (after checking the cluster can hold the pools, `jobs.index.resources`): a streaming
   Ray Data pipeline, one row per video, in blocks of up to 64 videos (`videos_per_block`):
 
@@ -46,6 +47,7 @@ removes.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import signal
@@ -59,7 +61,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from jobs.index.cluster import ray_connection, ray_init_arguments
-from jobs.index.decode import DecodeSettings
+from jobs.index.decode import VERBOSE_ENV, DecodeSettings
 from jobs.index.resources import DEFAULT_DECODE_THREADS, Pool, Resources, check_fits, cluster_nodes
 from jobs.index.sources import list_sources_with_fingerprints
 from jobs.index.stages import (
@@ -445,6 +447,7 @@ def run_pipeline(
         with _progress_bar(len(plan.todo), enabled=progress) as bar, _terminate_raises():
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
                 bar.update(tally.add(batch))
+                bar.set_postfix(failed=len(tally.failures), refresh=False)
                 if on_progress is not None:
                     on_progress(tally.done, len(plan.todo))
     return started
@@ -653,15 +656,36 @@ def _quiet_data_context() -> Iterator[None]:
     context = DataContext.get_current()
     saved = (context.enable_progress_bars, context.max_errored_blocks)
     context.enable_progress_bars, context.max_errored_blocks = False, 0
+    # Ray Data's console handler prints its execution plan and progress notes at INFO: only
+    # its errors reach the terminal unless --verbose (all of it stays in Ray Data's log file).
+    console = [
+        handler
+        for handler in logging.getLogger("ray.data").handlers
+        if isinstance(handler, logging.StreamHandler)
+    ]
+    levels = [handler.level for handler in console]
+    if os.environ.get(VERBOSE_ENV) != "1":
+        for handler in console:
+            handler.setLevel(max(handler.level, logging.ERROR))
     try:
         yield
     finally:
         context.enable_progress_bars, context.max_errored_blocks = saved
+        for handler, level in zip(console, levels, strict=True):
+            handler.setLevel(level)
 
 
 @contextmanager
 def _progress_bar(total: int, *, enabled: bool) -> Iterator[Any]:
     from tqdm.auto import tqdm
 
-    with tqdm(total=total, unit="video", desc="indexing", disable=not enabled) as bar:
+    # Videos done / total, elapsed < ETA, videos/s, and the failures so far (the postfix).
+    bar_format = (
+        "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} videos "
+        "[{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+    )
+    with tqdm(
+        total=total, unit=" videos", desc="indexing", disable=not enabled, bar_format=bar_format
+    ) as bar:
+        bar.set_postfix(failed=0, refresh=False)
         yield bar

@@ -28,6 +28,7 @@ import numpy as np
 
 from jobs.index.decode import DecodeError, DecodeSettings
 from jobs.index.video import compress_encoded, sample_video
+from storage.previews import frame_strip_jpeg, write_preview_quietly
 
 if TYPE_CHECKING:  # torch and the store: the decode workers, which need neither, stay light
     from compression import CompressionConfig
@@ -116,6 +117,7 @@ def decode_row(row: dict[str, Any], settings: DecodeSettings) -> dict[str, Any]:
         "frames": np.zeros((0, 1, 1, 3), np.uint8),
         "timestamps": np.zeros(0),
         "error": "",
+        "thumbnail": b"",  # the preview's frame strip (storage.previews)
     }
     try:
         video = sample_video(row["uri"], settings)
@@ -123,6 +125,7 @@ def decode_row(row: dict[str, Any], settings: DecodeSettings) -> dict[str, Any]:
             content_hash=video.content_hash,
             frames=video.frames,
             timestamps=np.asarray(video.timestamps, np.float64),
+            thumbnail=frame_strip_jpeg(video.frames),
         )
     except DecodeError as exc:
         out["error"] = f"decode: {exc}"
@@ -187,6 +190,7 @@ class EncodeAndCompress:
             "decode_s": float(row["decode_s"]),
             "encode_s": 0.0,
             "compress_s": 0.0,
+            "thumbnail": row["thumbnail"],
             **_NO_TOKEN_SET,
         }
         if out["error"]:
@@ -271,8 +275,9 @@ def write_batch(batch: dict[str, np.ndarray], settings: StageSettings) -> dict[s
         locations = store.save(
             token_sets, run_id=settings.run_id, durations_s=durations, fingerprints=fingerprints
         )
-        for row, location in zip(good, locations, strict=True):
+        for row, location, token_set in zip(good, locations, token_sets, strict=True):
             written[row["uri"]] = (location.kept_count, location.length)
+            write_preview_quietly(settings.store_url, token_set, row["thumbnail"])
     write_s = (time.perf_counter() - started) / max(1, len(good))
     for row in rows:
         if row["error"]:

@@ -19,13 +19,30 @@ from compression.config import INNER_METHODS
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("video", metavar="VIDEO", help="video id, or the path/URI it was indexed from")
-    add("--question", default=None, help="also show the tokens kept at layer K for this question")
+    add(
+        "--question",
+        default=None,
+        help="also show the tokens kept at layer K for this question (default: none)",
+    )
     add("--out", default=None, help="PNG path (default ./<video id>.png)")
-    add("--store", default=None, help="store URL (env TOKENREEL_STORE_URL; ./tokenreel-data)")
-    add("--catalog", default=None, help="catalog URL (env TOKENREEL_CATALOG_URL)")
+    add(
+        "--store",
+        default=None,
+        help="store URL (default: env TOKENREEL_STORE_URL, else ./tokenreel-data)",
+    )
+    add(
+        "--catalog",
+        default=None,
+        help="catalog URL (default: env TOKENREEL_CATALOG_URL, else the store's)",
+    )
     add("--model", default=None, help="model id of the token set (default: most recent)")
     add("--config-hash", default=None, help="config hash of the token set (default: most recent)")
-    add("--merge-method", choices=[m for m in INNER_METHODS if m != "none"], default="text_aware")
+    add(
+        "--merge-method",
+        choices=[m for m in INNER_METHODS if m != "none"],
+        default="text_aware",
+        help="in-LLM merge for the question",
+    )
     add("--merge-layer", type=int, default=None, help="K (default: 18 of 28, scaled)")
     add("--keep-ratio", type=float, default=0.5, help="R, share kept at layer K (0.5)")
     add("--lam", type=float, default=0.5, help="lambda of the text-aware score (0.5)")

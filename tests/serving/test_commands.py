@@ -6,22 +6,13 @@ test_service.py."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import signal
-import subprocess
-import sys
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
-from service_helpers import free_port, write_indexed_videos
+from service_helpers import serving, tagged_processes, wait_for_ok, write_indexed_videos
 
 from serving import ask_command, serve_command
 from tokenreel.cli import build_parser
@@ -99,53 +90,10 @@ def test_edge_flags_map_to_settings() -> None:
 
 # -- the real command (a subprocess with its own local Ray) ----------------------------------------
 
-MARKER = "TOKENREEL_SERVE_TEST_MARKER"
-
-
-@dataclass
-class Served:
-    process: subprocess.Popen
-    url: str
-    marker: str  # in the environment of the command and of every Ray process it starts
-
-    def stop(self, timeout_s: float = 120) -> str:
-        """SIGTERM; the command's whole output once it exited."""
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.communicate(timeout=timeout_s)[0]
-
-
-@contextmanager
-def serving(store: Path, *flags: str) -> Iterator[Served]:
-    """`tokenreel serve` on a free port; whatever it leaves running is killed afterwards."""
-    marker = uuid.uuid4().hex
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "TOKENREEL_API_KEY")}
-    env[MARKER] = marker
-    port = free_port()
-    command = [sys.executable, "-m", "tokenreel", "serve", "--store", str(store)]
-    command += ["--port", str(port), "--device", "cpu", *flags]
-    process = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-        yield Served(process, f"http://127.0.0.1:{port}", marker)
-    finally:
-        for leftover in [process, *_tagged_processes(marker)]:
-            with contextlib.suppress(psutil.Error, OSError):
-                leftover.kill()
-
-
-def _tagged_processes(marker: str) -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter():
-        with contextlib.suppress(psutil.Error):
-            if process.environ().get(MARKER) == marker:
-                found.append(process)
-    return found
-
 
 def _assert_nothing_left(marker: str) -> None:
     deadline = time.monotonic() + 30  # Ray's processes exit a moment after its shutdown
-    while (left := _tagged_processes(marker)) and time.monotonic() < deadline:
+    while (left := tagged_processes(marker)) and time.monotonic() < deadline:
         time.sleep(0.5)
     names = [p.name() for p in left if p.is_running()]
     assert not names, f"orphan processes after tokenreel serve stopped: {names}"
@@ -170,22 +118,11 @@ def test_serve_fails_fast_when_the_cluster_cannot_hold_it(store) -> None:
         _assert_nothing_left(served.marker)
 
 
-def _wait_for(served: Served, path: str, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert served.process.poll() is None, served.process.communicate()[0]
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(served.url + path, timeout=5).status_code == 200:
-                return
-        time.sleep(1)
-    raise AssertionError(f"{path} never answered 200")
-
-
 @pytest.mark.slow
 def test_serve_logs_each_request_and_stops_cleanly_on_sigterm(store) -> None:
     root, video = store
     with serving(root, "--num-cpus", "0.5") as served:
-        _wait_for(served, "/readyz")
+        wait_for_ok(served, "/readyz")
         response = httpx.post(
             f"{served.url}/v1/videos/{video}/ask",
             json={"question": "what happens ?", "max_new_tokens": 3, "merge": {"layer": 2}},
@@ -212,7 +149,7 @@ def test_sigterm_during_start_up_leaves_no_ray_processes(store) -> None:
     with serving(store[0], "--num-cpus", "0.5") as served:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # until Serve starts the replicas (the issue's phase)
-            names = [p.name() for p in _tagged_processes(served.marker)]
+            names = [p.name() for p in tagged_processes(served.marker)]
             if any("ServeReplica" in name for name in names):
                 break
             time.sleep(0.2)

@@ -6,15 +6,17 @@ import asyncio
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from compression.config import MergeConfig
+from compression import CompressionConfig, compress_video
+from compression.config import OUTER_METHODS, MergeConfig
 from compression.flops import layer_token_counts, prefill_decode_flops
 from compression.models import GenerationConfig, Turn
 from serving.engine import AnswerEngine, AskJob, PreparedQuestion
 from serving.errors import InvalidRequest, ServingError
 from serving.schemas import AskResponse
-from storage.token_files import TokenSetLocation
+from storage.token_files import TokenSetLocation, write_token_sets
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 GREEDY = GenerationConfig(max_new_tokens=6)
@@ -82,16 +84,6 @@ def test_flops_figures_follow_the_token_counts(engine: AnswerEngine, locations) 
     assert 0 < report.flops.ratio_with_text < 1
 
 
-def test_stream_pieces_add_up_to_the_answer(engine: AnswerEngine, locations) -> None:
-    (prepared,) = prepare(engine, [job(locations[2], "describe it")])
-    items = list(engine.answer_stream(prepared))
-    *pieces, final = items
-    assert isinstance(final, AskResponse) and all(isinstance(p, str) for p in pieces)
-    assert "".join(pieces) == final.answer
-    (batched,) = engine.answer_batch([prepared])
-    assert essentials(batched) == essentials(final)
-
-
 def test_merge_layer_beyond_the_model_is_a_clear_error(engine: AnswerEngine, locations) -> None:
     with pytest.raises(InvalidRequest, match="4 layers"):
         prepare(engine, [job(locations[0], "q", merge=MergeConfig(layer=4))])
@@ -154,7 +146,34 @@ def test_conversations_and_bad_turns(engine: AnswerEngine, locations) -> None:
         prepare(engine, [job(locations[0], "what ?", history=history[:1])])
 
 
-def test_a_bad_streamed_question_is_an_invalid_request(engine: AnswerEngine, locations) -> None:
-    (prepared,) = prepare(engine, [job(locations[0], "is <|im_end|> there ?")])
-    with pytest.raises(InvalidRequest, match="control token"):
-        list(engine.answer_stream(prepared))
+def test_every_outer_method_is_answered(engine: AnswerEngine, tmp_path: Path) -> None:
+    """A token set indexed by any outer method (the paper's, each baseline, all tokens) loads
+    from the store and is answered, with the visual tokens its method kept."""
+    frames = np.random.default_rng(1).integers(0, 255, (4, 48, 48, 3), dtype=np.uint8)
+    encoded = engine.llm.encode(frames, [0.5 * t for t in range(len(frames))])
+    token_sets = [
+        compress_video(
+            encoded, CompressionConfig(retention_ratio=0.25, method=method)
+        ).with_metadata(model_id=engine.info.model_id, video_id=f"v-{method}")
+        for method in OUTER_METHODS
+    ]
+    locations = write_token_sets(str(tmp_path), token_sets)
+    results = engine.answer_batch(prepare(engine, [job(loc, "what ?") for loc in locations]))
+    for method, token_set, result in zip(OUTER_METHODS, token_sets, results, strict=True):
+        assert isinstance(result, AskResponse), method
+        assert result.tokens.visual_in == token_set.kept_count, method
+
+
+def test_kept_visual_only_when_asked_and_the_same_in_any_batch(
+    engine: AnswerEngine, locations
+) -> None:
+    """The rows layer K kept (Fig. S2): opt-in, a strict subset of the token set, the same alone
+    and beside another question, and as many as `visual_after_merge` says."""
+    asked = job(locations[1], "what moves?", include_kept_visual=True)
+    plain, batched = engine.answer_batch(prepare(engine, [job(locations[1], "what moves?"), asked]))
+    (alone,) = engine.answer_batch(prepare(engine, [asked]))
+    assert plain.kept_visual is None
+    rows = batched.kept_visual
+    assert rows is not None and rows == alone.kept_visual
+    assert len(rows) == len(set(rows)) == batched.tokens.visual_after_merge
+    assert 0 < len(rows) < batched.tokens.visual_in and max(rows) < batched.tokens.visual_in

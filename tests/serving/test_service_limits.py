@@ -42,8 +42,7 @@ def _wait_while(path: Path) -> None:
 
 class GatedLLM:
     """The tiny model (built in the replica) behind the gates in `gates`: the constructor waits
-    while `hold_construct` exists; `answer` marks `entered`, then waits while `hold_answers`
-    exists; `answer_stream` waits after its first piece while `hold_streams` exists."""
+    while `hold_construct` exists; its running batch (`GatedBatch`) holds prefills and steps."""
 
     def __init__(self, gates: str) -> None:
         from compression.models import load_video_llm
@@ -55,16 +54,32 @@ class GatedLLM:
     def __getattr__(self, name: str) -> object:
         return getattr(self.llm, name)
 
-    def answer(self, questions, merge, generation):
+    def continuous_batch(self, prefix_cache_bytes: int = 0) -> GatedBatch:
+        return GatedBatch(self.gates, self.llm.continuous_batch(prefix_cache_bytes))
+
+
+class GatedBatch:
+    """The model's running batch behind the gates: `join` (prefill and first token) marks
+    `entered`, then waits while `hold_answers` exists; `step` (every later token) waits while
+    `hold_streams` exists, so a stream holds after its first piece."""
+
+    def __init__(self, gates: Path, batch) -> None:
+        self.gates, self.batch = gates, batch
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.batch, name)
+
+    def join(self, requests):
         (self.gates / "entered").touch()
         _wait_while(self.gates / "hold_answers")
-        return self.llm.answer(questions, merge, generation)
+        return self.batch.join(requests)
 
-    def answer_stream(self, question, merge, generation):
-        for i, item in enumerate(self.llm.answer_stream(question, merge, generation)):
-            yield item
-            if i == 0:
-                _wait_while(self.gates / "hold_streams")
+    def step(self):
+        _wait_while(self.gates / "hold_streams")
+        return self.batch.step()
 
 
 class Service:

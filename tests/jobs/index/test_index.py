@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from video_files import make_awkward_videos, make_bad_videos
 
 from compression.config import CompressionConfig
@@ -23,6 +25,7 @@ from compression.models import model_frame_size
 from jobs.index import IndexSummary, index_videos
 from jobs.index.stages import CHAOS_ENV
 from storage import open_store, video_id_for
+from storage.previews import FRAME_HEIGHT, facts_of, read_preview_facts, read_preview_jpeg
 from storage.token_files import TOKEN_DIR
 from tokenreel.sample_videos import make_sample_videos
 
@@ -90,6 +93,13 @@ def test_index_corpus_with_bad_videos_a_killed_worker_and_reruns(
     assert 25 / 3 <= len(files) <= 25  # batched: several token sets per file
 
     store = open_store(store_url, catalog_url)
+    for record in store.catalog.list_videos("indexed", limit=100):  # each with its preview
+        key = (record.video_id, record.model_id, record.config_hash)
+        token_set = store.load(*key)
+        facts = read_preview_facts(store.store_url, *key)
+        assert facts == facts_of(token_set.grid, token_set.frame_timestamps)
+        strip = Image.open(io.BytesIO(read_preview_jpeg(store.store_url, *key)))
+        assert strip.height == FRAME_HEIGHT and strip.width >= FRAMES
     failed = store.catalog.list_videos("failed", limit=100)
     assert {r.uri: r.error for r in failed} == reasons and all(r.attempts == 1 for r in failed)
     run = store.catalog.run_summary(first.run_id)
