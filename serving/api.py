@@ -626,9 +626,8 @@ async def chat_completions(server: Server, record: Record, body: ChatCompletionR
         chat.merge,
         chat.generation,
         deadline,
-        chat.history,
-        chat.history,
-        chat.time_range,
+        history=chat.history,
+        time_range=chat.time_range,
         include_kept_visual=body.include_kept_visual,
     )
     request_id = openai_compat.completion_id()

@@ -160,8 +160,8 @@ def test_frame_times_of_a_written_video(long_video: Path) -> None:
     assert len(times) == 1200 and times[0] == 0.0 and times[-1] == pytest.approx(1199.0)
 
 
-def test_fps_needs_chunk_seconds(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_fps_needs_chunk_seconds(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     video = write_long_video(tmp_path / "v.mp4", 4, fps=1, size=64)
     code = main(["index", str(video), "--store", str(tmp_path / "s"), "--fps", "1"])
     assert code == 2
-    assert "chunk_seconds" in capsys.readouterr().err
+    assert "chunk_seconds" in capfd.readouterr().err  # the CLI writes to the terminal's fd

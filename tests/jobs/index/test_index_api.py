@@ -36,10 +36,10 @@ def test_bad_options_fail_before_any_work(tmp_path: Path, options: dict) -> None
     assert not (tmp_path / "store").exists()
 
 
-def test_command_reports_a_missing_source(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_command_reports_a_missing_source(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     code = main(["index", str(tmp_path / "missing"), "--store", str(tmp_path / "store")])
     assert code == 2
-    assert "SOURCE not found" in capsys.readouterr().err
+    assert "SOURCE not found" in capfd.readouterr().err  # the CLI writes to the terminal's fd
 
 
 def test_summary_text_names_counts_speed_and_failures() -> None:
