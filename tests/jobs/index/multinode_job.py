@@ -9,6 +9,11 @@ Nodes: a head that runs only the driver (0 CPUs), and worker nodes of 2 CPUs eac
 custom resource `encoder` (1), which stands in for a GPU: the encode pool asks for it, so encode
 actors can only run there, one per node. Prints one JSON object: the job's summaries, the nodes
 that ran decode tasks and encode actors, and what the catalog holds afterwards.
+
+Not Ray's fake multi-node autoscaler (`ray.cluster_utils.AutoscalingCluster`, for a scale-from-
+zero test): its start() and shutdown() run `ray stop --force`, which kills every Ray process on
+the machine (the test session's and any other user's), and it starts its head with `ray start
+--head` on the default port. Nodes are added and removed by hand here instead.
 """
 
 from __future__ import annotations
