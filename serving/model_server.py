@@ -57,11 +57,14 @@ class ModelServer:
 
     async def ask(self, job: AskJob) -> AskResponse:
         prepared = await self._prepare(job)
-        async for item in self.scheduler.submit(prepared):
+        response = None
+        async for item in self.scheduler.submit(prepared):  # to its end: pieces, the answer
             if isinstance(item, AskResponse):
-                self.metrics.record_answer(item)
-                return item
-        raise RuntimeError("the scheduler ended a question without its answer")
+                response = item
+        if response is None:
+            raise RuntimeError("the scheduler ended a question without its answer")
+        self.metrics.record_answer(response)
+        return response
 
     async def ask_stream(self, job: AskJob) -> AsyncIterator[str | AskResponse]:
         prepared = await self._prepare(job)

@@ -150,7 +150,6 @@ class RequestScheduler:
                 for key in cancelled:
                     self._running.pop(key, None)
         self._load_changed()
-        events: list[BatchEvent] = []
         if admitted:
             joined_at = time.perf_counter()
             requests = [
@@ -159,12 +158,12 @@ class RequestScheduler:
                 )
                 for key, t in admitted
             ]
-            events += self.batch.join(requests)
+            events = self.batch.join(requests)
             for _, ticket in admitted:
                 ticket.joined_at, ticket.batch_size = joined_at, len(self.batch)
             self._on_join(len(self.batch))
-        events += self.batch.step()
-        self._deliver(events)
+            self._deliver(events)  # first tokens now, not after the next step (TTFT)
+        self._deliver(self.batch.step())
 
     def _fail_all(self, exc: Exception) -> None:
         with self._condition:

@@ -42,6 +42,13 @@ API (all tensors on the model's device):
                          text_start=int, visual_sizes=[V] int)
     state = prefill(parts, [seq, ...], merge)        # state.logits: [B, vocab] of the next token
     logits = decode_step(parts, state, token_ids)    # one token per sequence
+
+Per-video prefix reuse: `prefill(..., capture=True)` also returns each sequence's `CachedPrefix`
+(the rows before its text T: KV cache of the layers below `resume_layer`, hidden states at its
+input); `prefill(..., prefixes=[...])` then runs a later question's rows after the prefix only
+through those layers, against the cached keys, and joins the prefix's hidden states at
+`resume_layer`: the same logits (causal attention), less work. Joining and leaving a running
+batch between decode steps: `compression.models.scheduler`.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ question leaves; repeated questions about a video reuse its prefix."""
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 from test_engine import essentials, job, prepare
@@ -111,3 +112,42 @@ def test_repeated_questions_about_a_video_reuse_its_prefix(engine, locations) ->
     expected = answers_alone(engine, jobs)
     assert [essentials(r) for r in responses] == [essentials(r) for r in expected]
     assert scheduler.batch.prefix_cache_stats() == (3, 2)
+
+
+class _StepAfterFirstPiece:
+    """A running batch whose every step waits until the test has received a first piece (or
+    gives up after `patience_s` and records it): a question's first token must reach its caller
+    before the batch decodes further, not one step later."""
+
+    def __init__(self, batch, patience_s: float = 30.0) -> None:
+        self.batch, self.patience_s = batch, patience_s
+        self.first_piece = threading.Event()
+        self.waited_in_vain = False
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.batch, name)
+
+    def step(self):
+        if len(self.batch) and not self.first_piece.wait(self.patience_s):
+            self.waited_in_vain = True
+        return self.batch.step()
+
+
+def test_the_first_token_reaches_its_caller_before_the_next_step(engine, locations) -> None:
+    gated = _StepAfterFirstPiece(engine.llm.continuous_batch())
+    scheduler = RequestScheduler(engine, gated, max_running=2)
+    long = job(locations[0], "tell me", generation=GenerationConfig(max_new_tokens=4))
+
+    async def run() -> str:
+        stream = scheduler.submit(await engine.prepare(long))
+        first = await stream.__anext__()
+        gated.first_piece.set()
+        async for _ in stream:
+            pass
+        return first
+
+    assert isinstance(asyncio.run(run()), str)
+    assert not gated.waited_in_vain
