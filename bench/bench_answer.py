@@ -90,8 +90,8 @@ QWEN2_TEXT = {
 }
 
 
-def build_model(size: str, device: torch.device, dtype: torch.dtype) -> LlavaOneVision:
-    """LLaVA-OV of the given size with random weights, created directly on the device."""
+def llava_ov_config(size: str) -> LlavaOnevisionConfig:
+    """The config of LLaVA-OV of the given size ("7b" or "0.5b"), sdpa attention."""
     text = dict(QWEN2_TEXT[size])
     rope_theta = text.pop("rope_theta")
     tie = text.pop("tie_word_embeddings")
@@ -111,14 +111,24 @@ def build_model(size: str, device: torch.device, dtype: torch.dtype) -> LlavaOne
         tie_word_embeddings=tie,
     )
     config._attn_implementation = "sdpa"
-    with torch.device(device):
-        network = LlavaOnevisionForConditionalGeneration._from_config(config, dtype=dtype)
-    tokenizer = word_level_tokenizer(
+    return config
+
+
+def llava_ov_tokenizer(config: LlavaOnevisionConfig):
+    """An offline word-level tokenizer with the model's vocabulary size and video token."""
+    return word_level_tokenizer(
         config.text_config.vocab_size,
         {"<image>": IMAGE_TOKEN, "<video>": VIDEO_TOKEN},
         LLAVA_OV_CHAT_TEMPLATE,
     )
-    return LlavaOneVision(network.eval(), tokenizer, f"random-llava-ov-{size}")
+
+
+def build_model(size: str, device: torch.device, dtype: torch.dtype) -> LlavaOneVision:
+    """LLaVA-OV of the given size with random weights, created directly on the device."""
+    config = llava_ov_config(size)
+    with torch.device(device):
+        network = LlavaOnevisionForConditionalGeneration._from_config(config, dtype=dtype)
+    return LlavaOneVision(network.eval(), llava_ov_tokenizer(config), f"random-llava-ov-{size}")
 
 
 def synchronize(device: torch.device) -> None:

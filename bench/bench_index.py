@@ -116,7 +116,7 @@ ROLE_CLOCK = {
 }
 # Ray sets a worker's process title to the task or actor it runs ("ray::IDLE" in between).
 ENCODE_TITLE = "EncodeAndCompress"
-TASK_ROLES = {"decode_row": "decode_workers", "write_batch": "write_workers"}
+TASK_ROLES = {"decode_videos": "decode_workers", "write_batch": "write_workers"}
 DECODER_MODULE = "jobs.index.decode"
 
 

@@ -36,7 +36,7 @@ def main() -> int:
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     plugin = build_model(args.size, device, dtype)
-    grid = (args.frames, *plugin.frame_grid)
+    grid = (args.frames, *plugin.encoder.frame_grid)
     count = grid[0] * grid[1] * grid[2]
     token_set = TokenSet(
         tokens=torch.randn(count, plugin.hidden_size, device=device, dtype=dtype) * 0.02,

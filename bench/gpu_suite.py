@@ -289,7 +289,7 @@ def bare_tower(llm: Any, videos: Sequence[Any]) -> Any:
     with torch.no_grad():
         pixels = torch.cat([preprocess_frames(v, llm.preprocessing, llm.device) for v in videos])
         tokens = []
-        for chunk in pixels.split(llm.max_frames_per_forward):
+        for chunk in pixels.split(llm.encoder.max_frames_per_forward):
             output = llm.model.model.get_video_features(chunk[None].to(llm.dtype))
             tokens.append(output.pooler_output[0, :-1])
         return torch.cat(tokens)

@@ -67,7 +67,8 @@ from dataclasses import dataclass
 import torch
 
 from compression.config import CompressionConfig
-from compression.holitom import OuterTokens, apportion, peak_order
+from compression.dpc_knn import peak_order
+from compression.holitom import OuterTokens, apportion
 from compression.kept_tokens import KeptTokens, VideoTokens
 from compression.retention_pool import contribution_order, unit_rows
 from compression.token_set import TokenKind

@@ -62,8 +62,9 @@ Fitting our framework (decisions):
   mean of ~87, and below density ~1e-6 HoliTom's noise already outweighs the density, so its
   ranking of sparse tokens is random where ours follows the noise-free score.
 
-`apportion`, `peak_order` (the density-peak ranking) and `OuterTokens` are shared with the FastVID
-baseline, whose budget split and density score are built the same way.
+`apportion` and `OuterTokens` are shared with the FastVID baseline, whose budget split is built
+the same way; both take the density-peak ranking (step 6) from `compression.dpc_knn.peak_order`
+(its "peers" convention, the one place that ranking is computed).
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ from dataclasses import dataclass
 import torch
 
 from compression.config import CompressionConfig
+from compression.dpc_knn import peak_order
 from compression.kept_tokens import KeptTokens, VideoTokens
 from compression.retention_pool import contribution_order, unit_rows
 from compression.token_set import TokenKind
@@ -152,25 +154,6 @@ def apportion(sizes: list[int], total: int) -> list[int]:
         shares.append(point - previous)
         previous = point
     return shares
-
-
-def peak_order(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Rows of x [n, d] by descending density-peak score delta * density (module docstring).
-
-    The k (<= n) nearest neighbours include the row itself. Of equal densities the lower row
-    counts as denser; equal scores keep row order.
-    """
-    d2 = squared_distances(x)
-    knn_sum = d2.topk(k, dim=1, largest=False).values.sum(dim=1)
-    by_density = torch.sort(knn_sum, stable=True).indices  # densest first
-    rank = torch.empty_like(by_density)
-    rank[by_density] = torch.arange(by_density.numel(), device=x.device)
-    denser = rank[None, :] < rank[:, None]  # [i, j]: j is denser than i
-    nearest_denser = d2.masked_fill(~denser, float("inf")).min(dim=1).values
-    delta2 = torch.where(torch.isinf(nearest_denser), d2.max(), nearest_denser)
-    # log(delta * density) + 0.5 log(dim) = 0.5 log(delta^2 * dim) - mean squared distance
-    log_score = 0.5 * torch.log(delta2.double()) - knn_sum.double() / (k * x.shape[1])
-    return torch.sort(log_score, descending=True, stable=True).indices
 
 
 def squared_distances(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

@@ -102,7 +102,9 @@ def pool_and_clusters(
     )
     if n_clusters == 0:
         return selected
-    clusters = dpc_knn(video.tokens[recycled], n_clusters, config.knn_k)
+    clusters = dpc_knn(
+        video.tokens[recycled], n_clusters, config.knn_k, convention=config.dpc_knn_convention
+    )
     assignment[recycled] = clusters.labels + pool.numel()
     return dataclasses.replace(
         selected,

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 
-from compression.config import CompressionConfig
+from compression.config import DPC_CONVENTIONS, CompressionConfig
 from compression.models import DEFAULT_MODEL, MODEL_ENV
 
 
 def add_model_and_sampling_options(parser: argparse.ArgumentParser) -> None:
-    """--model, --frames, --frame-size and the outer stage's --tau, --cluster-ratio, --knn-k."""
+    """--model, --frames, --frame-size and the outer stage's --tau, --cluster-ratio, --knn-k,
+    --dpc-knn-convention."""
     defaults = CompressionConfig()
     add = parser.add_argument
     add(
@@ -33,3 +34,10 @@ def add_model_and_sampling_options(parser: argparse.ArgumentParser) -> None:
         help="share of the kept tokens refilled as DPC-KNN cluster tokens",
     )
     add("--knn-k", type=int, default=defaults.knn_k, help="k of the DPC-KNN density")
+    add(
+        "--dpc-knn-convention",
+        choices=DPC_CONVENTIONS,
+        default=defaults.dpc_knn_convention,
+        help="DPC-KNN neighbours as the peers count them (self included; default) or "
+        "exclude_self (the earlier convention)",
+    )

@@ -11,9 +11,10 @@ is a 503 with `Retry-After`; `/readyz` says whether a model replica answers.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
 
@@ -65,10 +66,11 @@ from serving.schemas import (
     VideoList,
 )
 from serving.settings import ServeSettings
+from serving.time_range import check_time_range, chunks_for_range
 from storage.catalog import Catalog, VideoRecord, VideoStatus
 from storage.ids import validate_video_id
 from storage.previews import PreviewFacts, read_preview_facts, read_preview_jpeg
-from storage.run_states import interrupted_videos, run_row
+from storage.run_states import run_row
 from storage.token_files import TokenSetReadError, read_token_set
 
 API_DESCRIPTION = """Questions over the compressed visual-token sets of indexed videos.
@@ -226,9 +228,11 @@ class ApiServer:
         generation: GenerationConfig,
         deadline: float,
         history: tuple[Turn, ...] = (),
+        time_range: Sequence[float] | None = None,
         include_kept_visual: bool = False,
     ) -> AskJob:
-        """Validate everything about one question and locate its token set."""
+        """Validate everything about one question and locate its token set (with a time range:
+        the chunk sets overlapping it, `serving.time_range`)."""
         video_id = checked_video_id(video_id)
         info = await self.model_info(deadline)
         try:
@@ -240,7 +244,7 @@ class ApiServer:
         location = await asyncio.to_thread(self.catalog.locate, video_id, model_id=info.model_id)
         if location is None:
             await self._raise_unavailable(video_id, info.model_id)
-        return AskJob(
+        job = AskJob(
             video_id,
             location,
             question,
@@ -248,7 +252,17 @@ class ApiServer:
             merge_config,
             generation,
             history,
-            include_kept_visual,
+            include_kept_visual=include_kept_visual,
+        )
+        if time_range is None:
+            return job
+        chunks = await asyncio.to_thread(
+            chunks_for_range, self.catalog, location, check_time_range(time_range)
+        )
+        return dataclasses.replace(
+            job,
+            chunks=tuple(c.location for c in chunks),
+            chunks_span=(chunks[0].start_s, chunks[-1].end_s),
         )
 
     async def _raise_unavailable(self, video_id: str, model_id: str) -> None:
@@ -268,6 +282,12 @@ class ApiServer:
                 f"video {video_id!r} failed indexing: {self.failure_reason(record) or 'unknown'}",
                 code="video_failed",
             )
+        if record.status == VideoStatus.INTERRUPTED:
+            raise VideoNotReady(
+                f"indexing video {video_id!r} was interrupted; rerunning the indexing job "
+                "resumes it",
+                code="video_interrupted",
+            )
         raise VideoNotReady(f"video {video_id!r} is still being indexed", code="video_pending")
 
     def failure_reason(self, record: VideoRecord) -> str | None:
@@ -286,9 +306,7 @@ class ApiServer:
 
         return list(await asyncio.gather(*(facts(r) for r in records)))
 
-    def video_info(
-        self, record: VideoRecord, facts: PreviewFacts | None = None, interrupted: bool = False
-    ) -> VideoInfo:
+    def video_info(self, record: VideoRecord, facts: PreviewFacts | None = None) -> VideoInfo:
         return VideoInfo(
             video_id=record.video_id,
             uri=record.uri if self.settings.expose_source_uris else None,
@@ -297,7 +315,6 @@ class ApiServer:
             status=record.status.value,
             error=self.failure_reason(record),
             attempts=record.attempts,
-            interrupted=interrupted,
             visual_tokens=record.location.kept_count if record.location else None,
             bytes=record.location.length if record.location else None,
             tokens_in=facts.tokens_in if facts else None,
@@ -377,7 +394,7 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         400: "invalid request (`param` names the field)",
         401: "missing or wrong API key",
         404: "unknown video or model",
-        409: "the video has no usable token set (failed, pending, other model)",
+        409: "the video has no usable token set (failed, pending, interrupted, other model)",
         500: "internal error (the message names an incident id in the server log)",
         503: "no model replica answers, or the queue is full (`Retry-After`)",
         504: "the request passed the server's deadline",
@@ -430,7 +447,7 @@ async def get_model(server: Server, model: str) -> ModelCard:
 @router.get("/v1/videos", response_model=VideoList, tags=["videos"], responses=errors(400))
 async def list_videos(
     server: Server,
-    status: str | None = Query(default=None, pattern="^(pending|indexed|failed)$"),
+    status: str | None = Query(default=None, pattern="^(pending|indexed|failed|interrupted)$"),
     search: str | None = Query(
         default=None,
         max_length=256,
@@ -448,13 +465,8 @@ async def list_videos(
         ),
         asyncio.to_thread(catalog.count_videos, status, search, search_uris=uris),
     )
-    facts, interrupted = await asyncio.gather(
-        server.previews(records), asyncio.to_thread(interrupted_videos, catalog, records)
-    )
-    data = [
-        server.video_info(r, f, r.video_id in interrupted)
-        for r, f in zip(records, facts, strict=True)
-    ]
+    facts = await server.previews(records)
+    data = [server.video_info(r, f) for r, f in zip(records, facts, strict=True)]
     return VideoList(data=data, total=total, limit=limit, offset=offset)
 
 
@@ -467,8 +479,7 @@ async def get_video(server: Server, record: Record, video_id: str) -> VideoInfo:
     if found is None:
         raise NotFound(f"video {video_id!r} not found", code="video_not_found")
     [facts] = await server.previews([found])
-    interrupted = await asyncio.to_thread(interrupted_videos, server.catalog, [found])
-    return server.video_info(found, facts, bool(interrupted))
+    return server.video_info(found, facts)
 
 
 async def _indexed_record(server: ApiServer, video_id: str) -> VideoRecord:
@@ -583,6 +594,7 @@ async def ask(server: Server, record: Record, video_id: str, body: AskRequest) -
         body.merge,
         generation,
         deadline,
+        time_range=body.time_range,
         include_kept_visual=body.include_kept_visual,
     )
     response = await server.ask(job, deadline, param="question")
@@ -615,6 +627,7 @@ async def chat_completions(server: Server, record: Record, body: ChatCompletionR
         chat.generation,
         deadline,
         chat.history,
+        chat.time_range,
         include_kept_visual=body.include_kept_visual,
     )
     request_id = openai_compat.completion_id()

@@ -1,7 +1,9 @@
 """The replica-side engine: one Video-LLM, a token-set cache, and batched answering.
 
-Plain Python, no Ray: `ModelServer` (the Serve deployment) wraps it with `@serve.batch`, and the
-serving benchmark calls it directly to measure what the service adds on top.
+Plain Python, no Ray: `ModelServer` (the Serve deployment) answers through continuous batching
+(`serving.scheduler`, which turns the model's answers into responses here); `answer_batch`, the
+static path (one padded batch run to its longest answer), stays for the serving benchmark's
+baseline and direct callers.
 
 A question goes: `prepare` (token set from the cache, else from the store at the location the
 catalog gave) -> `answer_batch` (questions with equal merge and generation settings share one
@@ -22,6 +24,7 @@ import dataclasses
 import time
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -40,6 +43,7 @@ from compression.token_set import TokenSet
 from serving.cache import ByteLRUCache
 from serving.errors import InternalError, InvalidRequest, ServingError, logger
 from serving.schemas import AskResponse, FlopsFigures, MergeApplied, Timings, TokenCounts
+from serving.time_range import range_token_set, video_time_span
 from storage.token_files import TokenSetLocation, TokenSetReadError, read_token_set
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -66,6 +70,10 @@ class AskJob:
     merge: MergeConfig
     generation: GenerationConfig
     history: tuple[Turn, ...] = ()  # earlier turns of a conversation (see `Question`)
+    # A question over a time range (`serving.time_range`): the chunk sets overlapping it and
+    # their span; empty: the video-level set at `location`.
+    chunks: tuple[TokenSetLocation, ...] = ()
+    chunks_span: tuple[float, float] | None = None
     include_kept_visual: bool = False  # answer with the rows the merge kept (Fig. S2)
 
 
@@ -135,17 +143,28 @@ class AnswerEngine:
                 f"merge layer {job.merge.layer} is beyond the model's {self.info.num_layers} layers"
             )
         started = time.perf_counter()
-        # Token-set files are written once and never changed: their place is a safe cache key.
-        key = (job.location.file_url, job.location.row_group)
-        token_set, hit = await self.cache.get_or_load(
-            key, lambda: asyncio.to_thread(self._read, job.location)
-        )
+        token_set, hit = await self._cached(job.location)
+        span = video_time_span(token_set)
+        if job.chunks:
+            token_set = await range_token_set(
+                token_set, job.chunks, lambda location: self._cached(location, only_set=True)
+            )
+            span = job.chunks_span
         try:
-            question = Question(token_set, job.question, job.system, job.history)
+            question = Question(token_set, job.question, job.system, job.history, span)
         except InvalidQuestion as exc:
             raise question_error(exc) from None
         load_s = time.perf_counter() - started
         return PreparedQuestion(job, question, cache_hit=hit, load_s=load_s, started=started)
+
+    async def _cached(self, location: TokenSetLocation, only_set: bool = False) -> Any:
+        """(token set, cache hit) at `location` (the token set alone with `only_set`)."""
+        # Token-set files are written once and never changed: their place is a safe cache key.
+        key = (location.file_url, location.row_group)
+        token_set, hit = await self.cache.get_or_load(
+            key, lambda: asyncio.to_thread(self._read, location)
+        )
+        return token_set if only_set else (token_set, hit)
 
     # -- answering ----------------------------------------------------------------------------
     def answer_batch(
@@ -227,6 +246,7 @@ class AnswerEngine:
                 visual_after_merge=answer.visual_tokens_after_merge,
                 prompt=answer.prompt_tokens,
                 completion=len(answer.token_ids),
+                prompt_cached=answer.cached_prompt_tokens,
             ),
             flops=FlopsFigures(**dataclasses.asdict(flops)),
             timings=Timings(

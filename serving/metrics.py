@@ -66,11 +66,11 @@ class EngineMetrics:
         )
         self._running = Gauge(
             "tokenreel_num_requests_running",
-            description="Questions in a forward pass on this replica.",
+            description="Questions in this replica's running (continuous) batch.",
         )
         self._waiting = Gauge(
             "tokenreel_num_requests_waiting",
-            description="Questions on this replica waiting for a forward pass (a batch slot).",
+            description="Questions on this replica waiting to join the running batch.",
         )
         self._prompt_tokens = Counter(
             "tokenreel_prompt_tokens",
@@ -92,7 +92,8 @@ class EngineMetrics:
         )
         self._prefix_cache_hits = Counter(
             "tokenreel_prefix_cache_hits",
-            description="Prompt tokens found in the prefix cache (not prefilled again).",
+            description="Prompt tokens found in the per-video prefix cache (the system prompt "
+            "and video of an earlier question: not prefilled again).",
         )
         self._time_to_first_token = Histogram(
             "tokenreel_time_to_first_token_seconds",
@@ -106,7 +107,7 @@ class EngineMetrics:
         )
         self._queue_time = Histogram(
             "tokenreel_request_queue_time_seconds",
-            description="Time a question waited on the replica for its forward pass.",
+            description="Time a question waited on the replica to join the running batch.",
             boundaries=LATENCY_BOUNDARIES_S,
         )
         self._answer_latency = Histogram(
@@ -116,7 +117,7 @@ class EngineMetrics:
         )
         self._batch_size = Histogram(
             "tokenreel_batch_size",
-            description="Questions answered per padded forward pass.",
+            description="Questions in the running batch right after new ones joined it.",
             boundaries=BATCH_BOUNDARIES,
         )
 
@@ -128,7 +129,7 @@ class EngineMetrics:
         self._running.set(running)
         self._waiting.set(waiting)
 
-    def record_answer(self, response: AskResponse, prefix_cache_hit_tokens: int) -> None:
+    def record_answer(self, response: AskResponse) -> None:
         """The figures of one answered question."""
         tokens, timings = response.tokens, response.timings
         counters = [
@@ -137,7 +138,7 @@ class EngineMetrics:
             (self._visual_tokens, tokens.visual_in, {"stage": "in"}),
             (self._visual_tokens, tokens.visual_after_merge, {"stage": "after_merge"}),
             (self._prefix_cache_queries, tokens.prompt, None),
-            (self._prefix_cache_hits, prefix_cache_hit_tokens, None),
+            (self._prefix_cache_hits, tokens.prompt_cached, None),
         ]
         for counter, count, tags in counters:
             if count > 0:  # Ray counters only take positive increments

@@ -4,7 +4,8 @@ answer -> OpenAI bodies/chunks.
 Convention for the video (documented in the README): the first user message holds a content part
 `{"type": "video_url", "video_url": {"url": "tokenreel://VIDEO_ID"}}`, or the request carries the
 extension field `video_id` (with the official client: `extra_body={"video_id": ...}`). Merge
-settings go in the extension field `merge` (same keys as the ask endpoint).
+settings go in the extension field `merge` (same keys as the ask endpoint), a time range in
+`time_range` ([start_s, end_s], as on the ask endpoint).
 
 OpenAI parameters tokenreel does not implement are never ignored silently (issue 12): each is
 accepted only at a value that changes nothing (`n: 1`, `logprobs: false`, `tools: []`, penalties
@@ -86,6 +87,7 @@ class ChatQuestion:
     history: tuple[Turn, ...]
     generation: GenerationConfig
     merge: MergeSettings
+    time_range: list[float] | None = None
 
 
 def check_parameters(request: ChatCompletionRequest) -> None:
@@ -219,6 +221,7 @@ def chat_question(request: ChatCompletionRequest) -> ChatQuestion:
         history=history,
         generation=generation,
         merge=request.merge or MergeSettings(),
+        time_range=request.time_range,
     )
 
 
@@ -238,11 +241,14 @@ def figures(response: AskResponse) -> dict[str, Any]:
     return figures
 
 
-def usage(response: AskResponse) -> dict[str, int]:
+def usage(response: AskResponse) -> dict[str, Any]:
+    """OpenAI's usage object; `prompt_tokens_details.cached_tokens` counts the prompt tokens
+    served from the per-video prefix cache (as OpenAI and vLLM report prompt caching)."""
     return {
         "prompt_tokens": response.tokens.prompt,
         "completion_tokens": response.tokens.completion,
         "total_tokens": response.tokens.prompt + response.tokens.completion,
+        "prompt_tokens_details": {"cached_tokens": response.tokens.prompt_cached},
     }
 
 

@@ -97,10 +97,20 @@ class _GenerationFields(BaseModel):
     stop: list[StopSequence] = Field(default_factory=list, max_length=MAX_STOP_SEQUENCES)
 
 
+# [start_s, end_s] of a question over a time range (issue 14; `serving.time_range` checks it
+# against the indexed chunks). Numbers, JSON ints included (strict mode takes ints as floats).
+TimeRange = Annotated[list[float], Field(min_length=2, max_length=2)]
+TIME_RANGE_DESCRIPTION = (
+    "[start_s, end_s]: answer over the chunks of a video indexed with --chunk-seconds that "
+    "overlap this range (0 <= start_s < end_s)"
+)
+
+
 class AskRequest(_Strict, _GenerationFields):
     question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
     system: str | None = Field(default=None, min_length=1, max_length=MAX_SYSTEM_CHARS)
     merge: MergeSettings = Field(default_factory=MergeSettings)
+    time_range: TimeRange | None = Field(default=None, description=TIME_RANGE_DESCRIPTION)
     include_kept_visual: bool = Field(
         default=False, description="also answer with `kept_visual` (what layer K kept)"
     )
@@ -124,6 +134,11 @@ class TokenCounts(BaseModel):
     visual_after_merge: int = Field(description="visual tokens left after the merge at layer K")
     prompt: int = Field(description="prompt length in tokens, visual tokens included")
     completion: int = Field(description="generated tokens")
+    prompt_cached: int = Field(
+        0,
+        description="prompt tokens (system prompt and video) whose states came from the "
+        "replica's per-video prefix cache instead of being prefilled again",
+    )
 
 
 class FlopsFigures(BaseModel):
@@ -192,13 +207,11 @@ class VideoInfo(BaseModel):
     )
     model_id: str
     config_hash: str
-    status: Literal["pending", "indexed", "failed"]
+    status: Literal["pending", "indexed", "failed", "interrupted"] = Field(
+        description="interrupted: the indexing run stopped before it; a rerun resumes it"
+    )
     error: str | None = Field(description="why indexing failed (status failed), paths removed")
     attempts: int = Field(description="failed indexing attempts so far")
-    interrupted: bool = Field(
-        default=False,
-        description="pending because its indexing run was interrupted (a rerun resumes it)",
-    )
     visual_tokens: int | None = Field(description="tokens in the stored token set (indexed)")
     bytes: int | None = Field(default=None, description="size of the stored token set")
     tokens_in: int | None = Field(
@@ -301,8 +314,8 @@ class StreamOptions(_Strict):
 
 
 class ChatCompletionRequest(BaseModel):
-    """OpenAI's request body. Extensions: `video_id` (instead of a video part), `merge`, and
-    vLLM's `top_k`.
+    """OpenAI's request body. Extensions: `video_id` (instead of a video part), `merge`,
+    `time_range` (issue 14) and vLLM's `top_k`.
 
     Conversation shape (decision): system/developer messages first, then user and assistant
     messages alternating, starting and ending with a user message; the video belongs to the
@@ -316,6 +329,7 @@ class ChatCompletionRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     video_id: str | None = Field(default=None, max_length=128)
     merge: MergeSettings | None = None
+    time_range: TimeRange | None = Field(default=None, description=TIME_RANGE_DESCRIPTION)
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)

@@ -105,7 +105,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-batch-size",
         type=int,
         default=None,
-        help=f"questions per forward; 1 turns batching off (default {defaults.max_batch_size})",
+        help="questions in a replica's running (continuous) batch; 1 turns batching off "
+        f"(default {defaults.max_batch_size})",
     )
     add(
         "--batch-wait-timeout-s",
@@ -118,6 +119,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=parse_bytes,
         default=None,
         help=f"token-set cache per replica (default {defaults.cache_bytes / 2**30:g}GiB)",
+    )
+    add(
+        "--prefix-cache-bytes",
+        type=parse_bytes,
+        default=None,
+        help="per-video prefix cache per replica (KV below the merge layer); 0 turns it off "
+        f"(default {defaults.prefix_cache_bytes / 2**30:g}GiB)",
     )
     add(
         "--no-affinity",
@@ -173,6 +181,7 @@ SETTING_KEYS = (
     "max_batch_size",
     "batch_wait_timeout_s",
     "cache_bytes",
+    "prefix_cache_bytes",
     "affinity",
     "served_model_names",
     "expose_source_uris",

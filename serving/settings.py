@@ -27,9 +27,13 @@ class ServeSettings:
     device: "auto" (CUDA when the replica has a GPU, else CPU), "cpu" or "cuda[:i]".
     num_gpus / num_cpus: resources of each model replica.
     min_replicas / max_replicas / target_ongoing_requests: Serve autoscaling of model replicas.
-    max_batch_size / batch_wait_timeout_s: `@serve.batch`; max_batch_size 1 turns batching off.
+    max_batch_size: questions in a replica's running (continuous) batch; 1 turns batching off.
+    batch_wait_timeout_s: when nothing runs, how long a first question waits for others to
+        share its prefill (`serving.scheduler`).
     max_ongoing_requests: per model replica; requests beyond it queue in the caller.
     cache_bytes: bound of each model replica's token-set cache.
+    prefix_cache_bytes: bound of each model replica's per-video prefix cache (KV cache below
+        the merge layer of a video's system prompt and visual tokens); 0 turns reuse off.
     affinity: route questions about a video to the replica that has it cached.
     api_replicas / api_num_cpus: the HTTP (FastAPI) replicas, which hold no model.
     served_model_names: the names clients use as `model` (vLLM's --served-model-name); the
@@ -54,6 +58,7 @@ class ServeSettings:
     batch_wait_timeout_s: float = 0.02
     max_ongoing_requests: int = 32
     cache_bytes: int = 2 * 1024**3
+    prefix_cache_bytes: int = 1024**3
     affinity: bool = True
     api_replicas: int = 1
     api_num_cpus: float = 0.1
@@ -73,6 +78,7 @@ class ServeSettings:
             (0 <= self.batch_wait_timeout_s <= 10, "batch_wait_timeout_s must be in [0, 10]"),
             (self.max_ongoing_requests >= 1, "max_ongoing_requests must be >= 1"),
             (self.cache_bytes >= 0, "cache_bytes must be >= 0"),
+            (self.prefix_cache_bytes >= 0, "prefix_cache_bytes must be >= 0"),
             (self.api_replicas >= 1, "api_replicas must be >= 1"),
             (self.api_num_cpus >= 0, "api_num_cpus must be >= 0"),
             (0 < self.request_timeout_s <= 86400, "request_timeout_s must be in (0, 86400]"),

@@ -29,6 +29,14 @@ from (uri, fingerprint) pairs; `register_pending` with the new fingerprints make
 pending again; only `record_indexed` writes the new fingerprint, in the transaction that points
 the row at the new token set, so until then `locate` returns the old one, still readable.
 
+Interrupted runs. A run records its end (`finish_run`) however it stops: done, Ctrl-C,
+SIGTERM, an error (`jobs.index.job`). A video still `pending` under a run that has ended will not
+be finished by it: it reads as `interrupted` (`VideoStatus.INTERRUPTED`) in `get_video`,
+`list_videos` / `count_videos` (status filter included) and `run_summary`, and a rerun picks it up
+like any pending video (`needs_indexing`). Decision: derived from `indexing_runs.finished_at` at
+read time, not stored, so no schema change and no second write that a killed driver could miss;
+`pending` means a running run still owns the video.
+
 Schema versions are Alembic revisions (`storage/migrations`); the schema is created or upgraded
 to head on first use, under a lock (SQLite's write lock, PostgreSQL's advisory lock) so
 concurrent first users do not race.
@@ -64,9 +72,14 @@ _MIGRATION_LOCK_ID = 0x746F6B656E72  # PostgreSQL advisory lock key ("tokenr")
 
 
 class VideoStatus(str, Enum):
+    """A video's status under one (model, config). INTERRUPTED is never stored: it is how a
+    stored `pending` reads once the run that registered it has recorded its end (module
+    docstring)."""
+
     PENDING = "pending"
     INDEXED = "indexed"
     FAILED = "failed"
+    INTERRUPTED = "interrupted"
 
 
 metadata = sa.MetaData(
@@ -146,6 +159,35 @@ token_sets = sa.Table(
     sa.Column("crc32", sa.BigInteger, nullable=True),  # NULL: recorded before revision 0002
 )
 
+# Chunk token sets of videos indexed in time windows (issue 14; revision 0003): one row per
+# window, keyed by the VIDEO's (video_id, model_id, config_hash) and the window's number.
+chunk_sets = sa.Table(
+    "chunk_sets",
+    metadata,
+    sa.Column(
+        "video_id",
+        sa.String(128),
+        sa.ForeignKey("videos.video_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("model_id", sa.String(256), primary_key=True),
+    sa.Column("config_hash", sa.String(64), primary_key=True),
+    sa.Column("window_index", sa.Integer, primary_key=True),
+    sa.Column("start_s", sa.Float, nullable=False),
+    sa.Column("end_s", sa.Float, nullable=False),
+    sa.Column("chunk_config_hash", sa.String(64), nullable=False),
+    sa.Column("file_url", sa.Text, nullable=False),
+    sa.Column("row_group", sa.Integer, nullable=False),
+    sa.Column("byte_offset", sa.BigInteger, nullable=False),
+    sa.Column("byte_length", sa.BigInteger, nullable=False),
+    sa.Column("footer", sa.LargeBinary, nullable=False),
+    sa.Column("kept_count", sa.Integer, nullable=False),
+    sa.Column("crc32", sa.BigInteger, nullable=True),
+    sa.Column("created_at", _TS, nullable=False),
+    sa.CheckConstraint("window_index >= 0", name="window_index"),
+    sa.CheckConstraint("start_s >= 0 AND end_s > start_s", name="span"),
+)
+
 # Facts about the catalog itself, one row each; today only "store_url" (see the module docstring).
 catalog_info = sa.Table(
     "catalog_info",
@@ -177,6 +219,19 @@ class IndexedVideo:
         return cls(
             token_set.source_uri, token_set.content_hash, location, duration_s, source_fingerprint
         )
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """One chunk token set of a video indexed in windows: window `window` (from 0) covers
+    [start_s, end_s) seconds of the video; `location` is where its token set is (its own config
+    hash, `location.config_hash`, is the chunk config's; `video_config_hash` keys the row)."""
+
+    window: int
+    start_s: float
+    end_s: float
+    video_config_hash: str
+    location: TokenSetLocation
 
 
 @dataclass(frozen=True)
@@ -280,13 +335,14 @@ class Catalog:
                 .where(video_status.c.run_id == run_id)
                 .group_by(video_status.c.status)
             ).all()
+        ended = row.finished_at is not None
         return RunSummary(
             run_id=row.run_id,
             started_at=_utc(row.started_at),
             finished_at=_utc(row.finished_at),
             settings=json.loads(row.settings_json),
             counts=None if row.counts_json is None else json.loads(row.counts_json),
-            status_counts={status: n for status, n in counts},
+            status_counts={_read_status(status, ended).value: n for status, n in counts},
         )
 
     def list_runs(self, limit: int = 20, offset: int = 0) -> list[RunSummary]:
@@ -458,6 +514,102 @@ class Catalog:
         """
         if not entries:
             return
+        with self._write() as conn:
+            self._record_indexed_in(conn, entries, run_id)
+
+    def record_chunks(
+        self,
+        video: IndexedVideo,
+        chunks: Sequence[ChunkRecord],
+        *,
+        run_id: str | None = None,
+    ) -> None:
+        """Record chunk sets of a video and its (new) video-level token set in ONE transaction,
+        so that the video-level set always stands for exactly the chunks recorded (a follower
+        killed in between loses both, never one: issue 14's "never recorded twice").
+
+        `video` as for `record_indexed`; each chunk's row is keyed by the video's (video_id,
+        model_id, config_hash) and its window; recording a window again replaces its row.
+        """
+        location = video.location
+        rows = []
+        now = _now()
+        for chunk in chunks:
+            if not isinstance(chunk.window, int) or chunk.window < 0:
+                raise ValueError(f"a window number is an integer >= 0, got {chunk.window!r}")
+            if not 0 <= chunk.start_s < chunk.end_s:
+                raise ValueError(f"need 0 <= start < end, got {chunk.start_s}, {chunk.end_s}")
+            if chunk.location.video_id != location.video_id:
+                raise ValueError("chunk sets of another video than the video-level set")
+            rows.append(
+                {
+                    "video_id": location.video_id,
+                    "model_id": location.model_id,
+                    "config_hash": location.config_hash,
+                    "window_index": chunk.window,
+                    "start_s": float(chunk.start_s),
+                    "end_s": float(chunk.end_s),
+                    "chunk_config_hash": chunk.location.config_hash,
+                    "file_url": split_token_file_url(chunk.location.file_url)[1],
+                    "row_group": chunk.location.row_group,
+                    "byte_offset": chunk.location.offset,
+                    "byte_length": chunk.location.length,
+                    "footer": chunk.location.footer,
+                    "kept_count": chunk.location.kept_count,
+                    "crc32": chunk.location.crc32,
+                    "created_at": now,
+                }
+            )
+        self._store_of([video, *(IndexedVideo(video.uri, "", c.location) for c in chunks)])
+        with self._write() as conn:
+            self._record_indexed_in(conn, [video], run_id)
+            if rows:
+                self._upsert(
+                    conn,
+                    chunk_sets,
+                    rows,
+                    [*_STATUS_KEY, "window_index"],
+                    [name for name in rows[0] if name not in (*_STATUS_KEY, "window_index")],
+                )
+
+    def list_chunks(
+        self,
+        video_id: str,
+        model_id: str,
+        config_hash: str,
+        *,
+        start_s: float | None = None,
+        end_s: float | None = None,
+    ) -> list[ChunkRecord]:
+        """The chunk sets of a video under a (model, video config), in window order; with
+        start_s / end_s, only those overlapping [start_s, end_s] (a chunk [a, b) overlaps when
+        a < end_s and b > start_s)."""
+        _check_key(model_id, config_hash)
+        query = _filtered(
+            sa.select(chunk_sets), chunk_sets, validate_video_id(video_id), model_id, config_hash
+        )
+        if end_s is not None:
+            query = query.where(chunk_sets.c.start_s < float(end_s))
+        if start_s is not None:
+            query = query.where(chunk_sets.c.end_s > float(start_s))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(chunk_sets.c.window_index)).all()
+            root = self._store_root(conn) if rows else ""
+        return [
+            ChunkRecord(
+                window=row.window_index,
+                start_s=row.start_s,
+                end_s=row.end_s,
+                video_config_hash=row.config_hash,
+                location=_location(row, root, config_hash=row.chunk_config_hash),
+            )
+            for row in rows
+        ]
+
+    def _record_indexed_in(
+        self, conn: Connection, entries: Sequence[IndexedVideo], run_id: str | None
+    ) -> None:
+        """`record_indexed`'s writes, inside the caller's write transaction."""
         now = _now()
         store_url = self._store_of(entries)
         video_rows, status_rows, token_rows = [], [], []
@@ -510,49 +662,46 @@ class Catalog:
                     "crc32": location.crc32,
                 }
             )
-        with self._write() as conn:
-            if self._recorded_store(conn) != store_url:  # a read, so writers rarely contend on it
-                self._upsert(
-                    conn,
-                    catalog_info,
-                    [{"name": _STORE_URL_INFO, "value": store_url}],
-                    ["name"],
-                    ["value"],
-                )
-            self._upsert(
-                conn, videos, video_rows, ["video_id"], ["uri", "content_hash", "updated_at"]
-            )
+        if self._recorded_store(conn) != store_url:  # a read, so writers rarely contend on it
             self._upsert(
                 conn,
-                video_status,
-                status_rows,
-                _STATUS_KEY,
-                [
-                    "status",
-                    "error",
-                    "run_id",
-                    "last_duration_s",
-                    "indexed_at",
-                    "updated_at",
-                    "source_fingerprint",
-                ],
+                catalog_info,
+                [{"name": _STORE_URL_INFO, "value": store_url}],
+                ["name"],
+                ["value"],
             )
-            self._upsert(
-                conn,
-                token_sets,
-                token_rows,
-                _STATUS_KEY,
-                [
-                    "file_url",
-                    "row_group",
-                    "byte_offset",
-                    "byte_length",
-                    "footer",
-                    "kept_count",
-                    "created_at",
-                    "crc32",
-                ],
-            )
+        self._upsert(conn, videos, video_rows, ["video_id"], ["uri", "content_hash", "updated_at"])
+        self._upsert(
+            conn,
+            video_status,
+            status_rows,
+            _STATUS_KEY,
+            [
+                "status",
+                "error",
+                "run_id",
+                "last_duration_s",
+                "indexed_at",
+                "updated_at",
+                "source_fingerprint",
+            ],
+        )
+        self._upsert(
+            conn,
+            token_sets,
+            token_rows,
+            _STATUS_KEY,
+            [
+                "file_url",
+                "row_group",
+                "byte_offset",
+                "byte_length",
+                "footer",
+                "kept_count",
+                "created_at",
+                "crc32",
+            ],
+        )
 
     def record_failed(
         self,
@@ -658,10 +807,10 @@ class Catalog:
     ) -> list[VideoRecord]:
         """Status rows (one per video/model/config), most recently updated first.
 
-        status filters on pending/indexed/failed; search is a case-insensitive substring of the
-        URI or the video id (no wildcards: % and _ match themselves); of the id only when
-        `search_uris` is False (a server that does not show URIs must not let a search probe
-        them).
+        status filters on pending/indexed/failed/interrupted; search is a case-insensitive
+        substring of the URI or the video id (no wildcards: % and _ match themselves); of the id
+        only when `search_uris` is False (a server that does not show URIs must not let a search
+        probe them).
         """
         _check_page(limit, offset)
         query = self._listing(
@@ -692,7 +841,7 @@ class Catalog:
         search_uris: bool = True,
     ) -> int:
         """How many rows `list_videos` would page through with the same filters."""
-        base = sa.select(sa.func.count()).select_from(video_status.join(videos))
+        base = sa.select(sa.func.count()).select_from(_STATUS_ROWS)
         query = self._listing(base, status, search, model_id, config_hash, search_uris=search_uris)
         with self.engine.connect() as conn:
             return int(conn.scalar(query))
@@ -702,6 +851,7 @@ class Catalog:
         (default: the one this catalog resolves against): what garbage collection there keeps."""
         with self.engine.connect() as conn:
             paths = set(conn.scalars(sa.select(token_sets.c.file_url).distinct()))
+            paths |= set(conn.scalars(sa.select(chunk_sets.c.file_url).distinct()))
             if not paths:
                 return set()
             root = normalize_store_url(store_url) if store_url else self._store_root(conn)
@@ -781,7 +931,13 @@ class Catalog:
         search_uris: bool = True,
     ) -> sa.Select:
         if status is not None:
-            query = query.where(video_status.c.status == VideoStatus(status).value)
+            wanted = VideoStatus(status)
+            stored = VideoStatus.PENDING if wanted == VideoStatus.INTERRUPTED else wanted
+            query = query.where(video_status.c.status == stored.value)
+            if wanted == VideoStatus.INTERRUPTED:
+                query = query.where(indexing_runs.c.finished_at.is_not(None))
+            elif wanted == VideoStatus.PENDING:
+                query = query.where(indexing_runs.c.finished_at.is_(None))
         if search:
             needle = search.lower()
             matches = [sa.func.lower(videos.c.video_id).contains(needle, autoescape=True)]
@@ -797,8 +953,15 @@ class Catalog:
 
 _STATUS_KEY = ["video_id", "model_id", "config_hash"]
 
+# Status rows with their video and the run that last touched them (whose end makes a pending
+# row read as interrupted).
+_STATUS_ROWS = video_status.join(videos).outerjoin(
+    indexing_runs, video_status.c.run_id == indexing_runs.c.run_id
+)
+
 _RECORD_QUERY = sa.select(
     video_status,
+    indexing_runs.c.finished_at.label("run_finished_at"),
     videos.c.uri,
     videos.c.content_hash,
     token_sets.c.file_url,
@@ -809,7 +972,7 @@ _RECORD_QUERY = sa.select(
     token_sets.c.kept_count,
     token_sets.c.crc32,
 ).select_from(
-    video_status.join(videos).outerjoin(
+    _STATUS_ROWS.outerjoin(
         token_sets,
         sa.and_(*(video_status.c[name] == token_sets.c[name] for name in _STATUS_KEY)),
     )
@@ -827,7 +990,13 @@ def _filtered(
     return query
 
 
-def _location(row: Any, store_url: str) -> TokenSetLocation:
+def _read_status(stored: str, run_ended: bool) -> VideoStatus:
+    """A stored status as it reads: pending under a run that has ended is interrupted."""
+    status = VideoStatus(stored)
+    return VideoStatus.INTERRUPTED if status == VideoStatus.PENDING and run_ended else status
+
+
+def _location(row: Any, store_url: str, config_hash: str | None = None) -> TokenSetLocation:
     return TokenSetLocation(
         file_url=resolve_in_store(store_url, row.file_url),
         row_group=row.row_group,
@@ -836,7 +1005,7 @@ def _location(row: Any, store_url: str) -> TokenSetLocation:
         footer=bytes(row.footer),
         video_id=row.video_id,
         model_id=row.model_id,
-        config_hash=row.config_hash,
+        config_hash=config_hash or row.config_hash,
         kept_count=row.kept_count,
         crc32=row.crc32,
     )
@@ -849,7 +1018,7 @@ def _record(row: Any, store_url: str | None) -> VideoRecord:
         content_hash=row.content_hash,
         model_id=row.model_id,
         config_hash=row.config_hash,
-        status=VideoStatus(row.status),
+        status=_read_status(row.status, row.run_finished_at is not None),
         error=row.error,
         attempts=row.attempts,
         run_id=row.run_id,

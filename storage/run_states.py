@@ -1,12 +1,12 @@
 """Runs as people and scripts see them: a run's state (running, finished, interrupted) and
-counts as plain JSON values, and which pending videos an interrupted run left behind. Shared by
-`tokenreel runs`/`videos` and the HTTP API (`GET /v1/runs`, the console)."""
+counts as plain JSON values. Shared by `tokenreel runs` and the HTTP API (`GET /v1/runs`, the
+console)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from storage.catalog import Catalog, RunSummary, VideoRecord, VideoStatus
+from storage.catalog import RunSummary
 
 
 def run_row(summary: RunSummary) -> dict[str, Any]:
@@ -26,16 +26,3 @@ def run_row(summary: RunSummary) -> dict[str, Any]:
         "counts": counts,
         "settings": summary.settings,
     }
-
-
-def interrupted_videos(catalog: Catalog, records: list[VideoRecord]) -> set[str]:
-    """The video ids among `records` that are pending because the run that last touched them
-    was interrupted (a rerun of the same command resumes them): the catalog keeps no such
-    status, so it is read off the run."""
-    runs = {r.run_id for r in records if r.status == VideoStatus.PENDING and r.run_id}
-    stopped = set()
-    for run_id in runs:
-        summary = catalog.run_summary(run_id)
-        if summary is not None and run_row(summary)["state"] == "interrupted":
-            stopped.add(run_id)
-    return {r.video_id for r in records if r.status == VideoStatus.PENDING and r.run_id in stopped}

@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from compression.token_set import TokenSet
-from storage.catalog import Catalog, IndexedVideo
+from storage.catalog import Catalog, ChunkRecord, IndexedVideo
 from storage.token_files import (
     TokenSetLocation,
     collect_orphan_files,
@@ -76,6 +76,29 @@ class Store:
             run_id=run_id,
         )
         return locations
+
+    def save_chunks(
+        self,
+        video_set: TokenSet,
+        chunks: Sequence[tuple[int, float, float, TokenSet]],
+        *,
+        run_id: str | None = None,
+        duration_s: float | None = None,
+        fingerprint: str | None = None,
+    ) -> TokenSetLocation:
+        """Write new chunk sets ((window, start_s, end_s, token set) each) and the video-level
+        set that now stands for all of the video's chunks into one new file, then record them in
+        one catalog transaction (`Catalog.record_chunks`); the video-level set's location."""
+        locations = write_token_sets(self.store_url, [video_set, *(c[3] for c in chunks)])
+        self.catalog.record_chunks(
+            IndexedVideo.of(video_set, locations[0], duration_s, fingerprint),
+            [
+                ChunkRecord(window, start, end, video_set.config_hash, location)
+                for (window, start, end, _), location in zip(chunks, locations[1:], strict=True)
+            ],
+            run_id=run_id,
+        )
+        return locations[0]
 
     def load(
         self, video_id: str, model_id: str | None = None, config_hash: str | None = None

@@ -54,7 +54,6 @@ def add_store_options(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from storage.previews import read_preview_facts
-    from storage.run_states import interrupted_videos
     from storage.store import open_store
 
     store = open_store(args.store, args.catalog)
@@ -71,7 +70,6 @@ def run(args: argparse.Namespace) -> int:
             args.status, args.search, limit=args.limit, offset=args.offset
         )
         total = catalog.count_videos(args.status, args.search)
-    interrupted = interrupted_videos(catalog, records)
     rows = []
     for record in records:
         facts = None
@@ -79,9 +77,7 @@ def run(args: argparse.Namespace) -> int:
             facts = read_preview_facts(
                 store.store_url, record.video_id, record.model_id, record.config_hash
             )
-        row = video_row(record, None if facts is None else facts.tokens_in)
-        row["interrupted"] = record.video_id in interrupted
-        rows.append(row)
+        rows.append(video_row(record, None if facts is None else facts.tokens_in))
     if args.json:
         print(json.dumps({"total": total, "offset": args.offset, "videos": rows}, indent=2))
     elif args.video is not None:
@@ -131,7 +127,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             (
                 row["video_id"],
-                "pending (interrupted)" if row.get("interrupted") else row["status"],
+                row["status"],
                 tokens,
                 human_bytes(row["bytes"]),
                 (row["updated_at"] or "")[:19].replace("T", " "),

@@ -82,6 +82,44 @@ def write_video(
     return path
 
 
+def write_long_video(
+    path: str | Path,
+    duration_s: float,
+    *,
+    fps: int = 1,
+    size: int = 64,
+    events: Sequence[tuple[float, float]] = (),
+    seed: int = 0,
+) -> Path:
+    """A long, cheap synthetic video for chunked indexing (issue 14): one static scene (a
+    gradient) for `duration_s` seconds at `fps`, except during each event (start_s, length_s),
+    when a bright checkerboard of another colour fills the frame. Written frame by frame (a
+    3-hour video never exists in memory), H.264 at size x size: seconds to make."""
+    if duration_s <= 0 or fps < 1 or size < 2 or size % 2:
+        raise ValueError(
+            f"need duration > 0, fps >= 1, an even size >= 2; got {duration_s, fps, size}"
+        )
+    rng = np.random.default_rng(seed)
+    colour, event_colour = rng.integers(40, 200, size=(2, 3))
+    ramp = np.linspace(0.6, 1.0, size, dtype=np.float32)[:, None, None]
+    scene = np.broadcast_to((colour * ramp).astype(np.uint8), (size, size, 3))
+    cells = (np.indices((size, size)) // max(1, size // 8)).sum(axis=0) % 2
+    event = np.where(cells[..., None] == 1, 255, event_colour).astype(np.uint8)
+    path = Path(path)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = size, size, "yuv420p"
+        for i in range(round(duration_s * fps)):
+            at = i / fps
+            busy = any(start <= at < start + length for start, length in events)
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(event if busy else scene))
+            frame.pts = i
+            frame.time_base = Fraction(1, fps)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
 def make_sample_videos(
     directory: str | Path,
     count: int,

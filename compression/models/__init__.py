@@ -5,22 +5,31 @@ this package; this package applies the method inside real models. jobs/ and serv
 the names exported here (the interface and the registry), never the modules behind them:
 
 * `load_video_llm(name)`: a plug-in by name (`registry`), with `model_name`, `model_frame_size`;
-* `VideoLLM`, `Question` (with its `Turn`s), `Answer`, `GenerationConfig`, `InvalidQuestion`:
-  the interface (`interface`).
+* `load_video_encoder(name)`: only its vision side, for encoding (`registry`, `vision_checkpoint`);
+* `VideoLLM`, `VideoEncoder`, `Question` (with its `Turn`s), `Answer`, `GenerationConfig`,
+  `InvalidQuestion`: the interface (`interface`);
+* `DecodeBatch` (from `VideoLLM.continuous_batch`), `JoinRequest`, `BatchEvent`: the running
+  decode batch that questions join and leave between steps (`scheduler`).
 
-Modules: `interface`, `registry`, `chat` (the shared chat base), `decoder_loop` (the tensor loop:
-masks, prefill with the merge at layer K, a decode step), `generation` (sampling, stop strings,
-streaming), `preprocess` (frames -> pixels), `llava_onevision`, `qwen2_5_vl` (one file per family),
-`tiny` (tiny random-weight models for tests and the offline demo).
+Modules: `interface`, `registry`, `encoder` (the shared encoder base), `vision_checkpoint`
+(reading only the vision tensors of a checkpoint), `chat` (the shared chat base), `decoder_loop`
+(the tensor loop: masks, prefill with the merge at layer K, a decode step), `generation`
+(sampling, stop strings, streaming), `preprocess` (frames -> pixels), `llava_onevision`,
+`qwen2_5_vl` (one file per family), `scheduler` (continuous batching), `prefix_cache` (per-video
+prefix reuse), `tiny` (tiny random-weight models for tests and the offline demo).
 """
 
 from compression.models.interface import (
     Answer,
+    BatchEvent,
+    DecodeBatch,
     Frames,
     GenerationConfig,
     InvalidQuestion,
+    JoinRequest,
     Question,
     Turn,
+    VideoEncoder,
     VideoLLM,
 )
 from compression.models.registry import (
@@ -29,6 +38,7 @@ from compression.models.registry import (
     TINY_LLAVA_OV,
     TINY_MODELS,
     TINY_QWEN2_5_VL,
+    load_video_encoder,
     load_video_llm,
     model_frame_size,
     model_name,
@@ -41,12 +51,17 @@ __all__ = [
     "TINY_MODELS",
     "TINY_QWEN2_5_VL",
     "Answer",
+    "BatchEvent",
+    "DecodeBatch",
     "Frames",
     "GenerationConfig",
     "InvalidQuestion",
+    "JoinRequest",
     "Question",
     "Turn",
+    "VideoEncoder",
     "VideoLLM",
+    "load_video_encoder",
     "load_video_llm",
     "model_frame_size",
     "model_name",

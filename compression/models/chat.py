@@ -2,24 +2,23 @@
 placeholder, answered over a token set by our decoder loop (`compression.models.decoder_loop`)
 and its generation layer (`compression.models.generation`).
 
-A plug-in subclasses `ChatVideoLLM` and keeps only what is its family's own: loading, frame
-preprocessing, `encode_batch` (tokens and contribution scores) and `prompt_sequence` (where the
+A plug-in subclasses `ChatVideoLLM` and keeps only what is its family's own: loading, its
+`VisionEncoder` (`compression.models.encoder`: frame preprocessing, tokens and contribution
+scores, the same object a vision-only encode worker loads) and `prompt_sequence` (where the
 token set's tokens go in the prompt and which positions they take). What lives here reads the
 layout both HF families have: `model.model.language_model` (with `embed_tokens`),
 `model.lm_head`, `model.config.text_config`, `model.config.video_token_id` and the model's
-`generation_config`. The base of the plug-ins' contribution-score hooks (`ScoreHook`) is here
-too.
+`generation_config`.
 """
 
 from __future__ import annotations
 
 import re
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from copy import deepcopy
 from functools import cached_property
-from typing import TYPE_CHECKING, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -30,52 +29,20 @@ from compression.config import MergeConfig
 from compression.models.decoder_loop import LanguageModelParts, PromptSequence
 from compression.models.generation import GenerationRun
 from compression.models.interface import Answer, GenerationConfig, InvalidQuestion, Question, Turn
-from compression.models.preprocess import as_frame_tensor
+from compression.models.prefix_cache import PrefixCache
+from compression.models.scheduler import ContinuousBatch
 from compression.token_set import EncodedVideo, TokenSet
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+    from compression.models.encoder import VisionEncoder
 
-_Hook = TypeVar("_Hook", bound="ScoreHook")
 
 # Private-use code points: chat-template markup never contains them, so they mark where a piece of
 # user text goes in the rendered prompt (`ChatVideoLLM.prompt_ids`).
 _PLACEHOLDER = "\ue000{}\ue001"
 _PLACEHOLDER_PATTERN = re.compile("\ue000([0-9]+)\ue001")
-
-
-class ScoreHook(ABC):
-    """Forward pre-hook on a vision tower's attention module while inside `with`: `score` reads
-    each forward's input (the tower keeps running its own attention); `elapsed_s` accumulates the
-    time spent scoring, synchronised on CUDA before and after so it counts only this work."""
-
-    def __init__(self, attention: nn.Module) -> None:
-        self._attention = attention
-        self.elapsed_s = 0.0
-
-    def __enter__(self: _Hook) -> _Hook:
-        self._handle = self._attention.register_forward_pre_hook(self, with_kwargs=True)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._handle.remove()
-
-    @torch.no_grad()
-    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        hidden = args[0] if args else kwargs["hidden_states"]
-        if hidden.is_cuda:
-            torch.cuda.synchronize(hidden.device)
-        started = time.perf_counter()
-        self.score(module, hidden, kwargs)
-        if hidden.is_cuda:
-            torch.cuda.synchronize(hidden.device)
-        self.elapsed_s += time.perf_counter() - started
-
-    @abstractmethod
-    def score(self, module: nn.Module, hidden: torch.Tensor, kwargs: dict) -> None:
-        """Score the patches of one forward: `hidden` is the attention's input, `kwargs` the
-        rest of its keyword arguments."""
 
 
 def load_checkpoint(
@@ -92,20 +59,42 @@ def load_checkpoint(
     return network.to(device), AutoTokenizer.from_pretrained(model)
 
 
-def checked_videos(
-    videos: Sequence[np.ndarray | torch.Tensor],
-    timestamps: Sequence[Sequence[float] | None] | None,
-) -> tuple[list[torch.Tensor], list[Sequence[float] | None]]:
-    """The videos of an `encode_batch` call as validated frame tensors, and one timestamp list
-    (or None) per video, each as long as its video."""
-    stamps = list(timestamps) if timestamps is not None else [None] * len(videos)
-    if len(stamps) != len(videos):
-        raise ValueError(f"{len(videos)} videos but {len(stamps)} timestamp lists")
-    frames = [as_frame_tensor(v) for v in videos]
-    for video, video_stamps in zip(frames, stamps, strict=True):
-        if video_stamps is not None and len(video_stamps) != len(video):
-            raise ValueError(f"{len(video)} frames but {len(video_stamps)} timestamps")
-    return frames, stamps
+# Frame times listed in the prompt at most: a long video's video-level set can keep tokens from
+# hundreds of frames; beyond this many the list is thinned evenly (first and last kept).
+MAX_LISTED_TIMES = 64
+
+
+def clock(seconds: float) -> str:
+    """mm:ss, or h:mm:ss from one hour on (whole seconds, rounded down)."""
+    whole = max(0, int(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def timeline_text(token_set: TokenSet, span: tuple[float, float]) -> str:
+    """The line that tells the model when what it sees happened (issue 14), e.g.
+    "The video spans 12:40-13:20; the frames shown are at 12:40, 12:46, 12:51."
+
+    Decision: as LLaVA-Video's time instruction and Qwen2.5-VL's absolute timestamps do, in
+    plain words after the video and before the question; the times are those of the frames the
+    token set still holds tokens from (a kept token's grid step -> the first frame of that
+    step), not of every sampled frame, and the span is the part of the video the tokens were
+    chosen from. Only digits, colons and commas: nothing a tokenizer reads as markup."""
+    stamps = token_set.frame_timestamps
+    times: list[float] = []
+    if stamps:
+        per_step = max(1, len(stamps) // token_set.grid[0])
+        steps = sorted({int(t) for t in token_set.index[:, 0].tolist()})
+        times = [stamps[t * per_step] for t in steps if t * per_step < len(stamps)]
+    if len(times) > MAX_LISTED_TIMES:
+        picks = np.linspace(0, len(times) - 1, MAX_LISTED_TIMES).round().astype(int)
+        times = [times[i] for i in sorted(set(picks.tolist()))]
+    start, end = span
+    line = f"The video spans {clock(start)}-{clock(end)}"
+    if times:
+        line += "; the frames shown are at " + ", ".join(clock(t) for t in times)
+    return line + "."
 
 
 class EmbeddedPrompt(NamedTuple):
@@ -122,13 +111,15 @@ class ChatVideoLLM(ABC):
 
     family: str
 
-    def __init__(self, model: nn.Module, tokenizer, model_id: str) -> None:
+    def __init__(self, model: nn.Module, tokenizer, model_id: str, encoder: VisionEncoder) -> None:
         """model: the HF `...ForConditionalGeneration` on its device and dtype; tokenizer: its
         tokenizer, with a chat template that places one video token; model_id: stored in token
-        sets and checked against them when answering."""
+        sets and checked against them when answering; encoder: the family's encoder over
+        `model.model`."""
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.model_id = model_id
+        self.encoder = encoder
         first = next(model.parameters())
         self.device, self.dtype = first.device, first.dtype
 
@@ -146,17 +137,22 @@ class ChatVideoLLM(ABC):
         return int(self.model.config.text_config.num_hidden_layers)
 
     # -- encode -------------------------------------------------------------------------------
+    @property
+    def preprocessing(self):
+        """How the encoder turns frames into pixels (the family's preprocessing settings)."""
+        return self.encoder.preprocessing
+
     def encode(
         self, frames: np.ndarray | torch.Tensor, timestamps: Sequence[float] | None = None
     ) -> EncodedVideo:
-        return self.encode_batch([frames], [timestamps])[0]
+        return self.encoder.encode(frames, timestamps)
 
-    @abstractmethod
     def encode_batch(
         self,
         videos: Sequence[np.ndarray | torch.Tensor],
         timestamps: Sequence[Sequence[float] | None] | None = None,
-    ) -> list[EncodedVideo]: ...
+    ) -> list[EncodedVideo]:
+        return self.encoder.encode_batch(videos, timestamps)
 
     # -- the prompt ---------------------------------------------------------------------------
     def _system_message(self, text: str) -> dict:
@@ -172,6 +168,9 @@ class ChatVideoLLM(ABC):
         turns = [*question.history, Turn("user", question.text)]
         for i, turn in enumerate(turns):
             content: list[dict] = [{"type": "text", "text": text(turn.text)}]
+            if i == 0 and question.time_span is not None:
+                timeline = timeline_text(question.token_set, question.time_span)
+                content.insert(0, {"type": "text", "text": timeline})
             if i == 0:
                 content.insert(0, {"type": "video"})
             messages.append({"role": turn.role, "content": content})
@@ -189,22 +188,7 @@ class ChatVideoLLM(ABC):
         spell such a string than its control token (a word-level vocabulary that lists it as a
         word) makes that text an `InvalidQuestion` instead.
         """
-        if not isinstance(question.text, str) or not question.text.strip():
-            raise InvalidQuestion("a question needs non-empty text")
-        pieces: list[str] = []
-
-        def placeholder(text: str) -> str:
-            pieces.append(text)
-            return _PLACEHOLDER.format(len(pieces) - 1)
-
-        # What each piece is, in `chat_messages`' order, for the error that names it.
-        names = ["the system prompt"] if question.system else []
-        names += [f"earlier turn {i + 1}" for i in range(len(question.history))]
-        names.append("the question")
-
-        rendered = self.tokenizer.apply_chat_template(
-            self.chat_messages(question, placeholder), add_generation_prompt=True, tokenize=False
-        )
+        rendered, pieces, names = self._rendered_template(question)
         ids: list[int] = []
         for i, part in enumerate(_PLACEHOLDER_PATTERN.split(rendered)):
             if i % 2:  # the split keeps each placeholder's number at the odd positions
@@ -218,6 +202,31 @@ class ChatVideoLLM(ABC):
                 f"the chat template must place exactly one video token, found {len(slots)}"
             )
         return ids[: slots[0]], ids[slots[0] + 1 :]
+
+    def prompt_text(self, question: Question) -> str:
+        """The chat prompt as text, the user's pieces in place (what `prompt_ids` tokenizes; for
+        reading and for comparing against a reference template)."""
+        rendered, pieces, _ = self._rendered_template(question)
+        return _PLACEHOLDER_PATTERN.sub(lambda match: pieces[int(match.group(1))], rendered)
+
+    def _rendered_template(self, question: Question) -> tuple[str, list[str], list[str]]:
+        """The chat template rendered with a placeholder for each user-supplied piece, the
+        pieces, and what each piece is (for the error that names it), in `chat_messages`' order."""
+        if not isinstance(question.text, str) or not question.text.strip():
+            raise InvalidQuestion("a question needs non-empty text")
+        pieces: list[str] = []
+
+        def placeholder(text: str) -> str:
+            pieces.append(text)
+            return _PLACEHOLDER.format(len(pieces) - 1)
+
+        names = ["the system prompt"] if question.system else []
+        names += [f"earlier turn {i + 1}" for i in range(len(question.history))]
+        names.append("the question")
+        rendered = self.tokenizer.apply_chat_template(
+            self.chat_messages(question, placeholder), add_generation_prompt=True, tokenize=False
+        )
+        return rendered, pieces, names
 
     @cached_property
     def _text_tokenizer(self) -> Tokenizer:
@@ -293,6 +302,18 @@ class ChatVideoLLM(ABC):
         if self.tokenizer.eos_token_id is not None:
             ids.add(self.tokenizer.eos_token_id)
         return frozenset(ids)
+
+    def continuous_batch(self, prefix_cache_bytes: int = 0) -> ContinuousBatch:
+        """A running decode batch over this model that questions join and leave between steps
+        (`compression.models.scheduler`), with a per-video prefix cache of at most
+        `prefix_cache_bytes` (0: no prefix reuse)."""
+        return ContinuousBatch(
+            self.language_model_parts(),
+            self.prompt_sequence,
+            decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
+            eos_token_ids=self.eos_token_ids,
+            prefix_cache=PrefixCache(prefix_cache_bytes) if prefix_cache_bytes else None,
+        )
 
     def _run(
         self, questions: Sequence[Question], merge: MergeConfig, generation: GenerationConfig

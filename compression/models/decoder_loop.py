@@ -46,7 +46,7 @@ API (all tensors on the model's device):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -116,6 +116,9 @@ class PromptSequence:
     text_start: first row of the text tokens T the merge scores against (rows text_start..L-1);
         usually visual.stop, later when a model inserts its own separator after the video.
     visual_sizes: [V] original tokens each visual token stands for (weights of the merge).
+    prefix_key: what, besides the token set, makes rows 0..text_start-1 what they are (the
+        plug-in's prompt ids before the video: template and system prompt); None: never reused
+        (`compression.models.prefix_cache`).
     """
 
     embeds: torch.Tensor
@@ -123,6 +126,7 @@ class PromptSequence:
     visual: slice
     text_start: int
     visual_sizes: torch.Tensor
+    prefix_key: Hashable | None = None
 
     def __post_init__(self) -> None:
         length = self.embeds.shape[0]
@@ -167,6 +171,7 @@ class SequenceStats:
     layer_tokens: list[int]
     layer_visual_tokens: list[int]
     kept_visual: torch.Tensor | None
+    cached_prompt_tokens: int = 0  # prompt rows taken from a `CachedPrefix`
 
 
 @dataclass
@@ -189,20 +194,28 @@ class DecodeState:
     logits: torch.Tensor
     position_rows: int  # 0 for 1D position ids, 3 for M-RoPE
     stats: list[SequenceStats] = field(default_factory=list)
+    prefixes: list[CachedPrefix] = field(default_factory=list)  # prefill(capture=True)
 
 
 # --------------------------------------------------------------------------------------------
 # masks and row gathers
 # --------------------------------------------------------------------------------------------
 def attention_mask(
-    key_valid: torch.Tensor, query_count: int, implementation: str, dtype: torch.dtype
+    key_valid: torch.Tensor,
+    query_count: int,
+    implementation: str,
+    dtype: torch.dtype,
+    *,
+    explicit: bool = False,
 ) -> torch.Tensor | None:
     """Mask for `query_count` new queries over `key_valid` [B, C + q] keys (cache + new).
 
     Query i sits at key position C + i. Returns None where sdpa's own causal handling is exact
-    (no padding key at all), else [B, 1, q, C + q]: bool for sdpa, additive float for eager.
+    (no padding key at all, and not `explicit`), else [B, 1, q, C + q]: bool for sdpa, additive
+    float for eager. `explicit`: always a mask (several queries over a non-empty cache, where
+    sdpa's causal kernel would align them top-left).
     """
-    if implementation == "sdpa" and bool(key_valid.all()):
+    if implementation == "sdpa" and not explicit and bool(key_valid.all()):
         return None
     total = key_valid.shape[1]
     device = key_valid.device
@@ -308,18 +321,22 @@ def score_visual_tokens(
 # --------------------------------------------------------------------------------------------
 # prefill and decoding
 # --------------------------------------------------------------------------------------------
-def _stack_left_padded(sequences: Sequence[PromptSequence], device: torch.device):
-    """Embeddings [B, W, d], positions [..., B, W], valid [B, W]; sequences right-aligned."""
-    width = max(s.length for s in sequences)
-    first = sequences[0]
-    embeds = first.embeds.new_zeros(len(sequences), width, first.embeds.shape[1], device=device)
-    pos_shape = (*first.positions.shape[:-1], len(sequences), width)
+def _stack_left_padded(
+    rows: Sequence[tuple[torch.Tensor, torch.Tensor]], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """(embeddings [L, d], positions [..., L]) per sequence -> embeddings [B, W, d], positions
+    [..., B, W], valid [B, W]; sequences right-aligned."""
+    width = max(embeds.shape[0] for embeds, _ in rows)
+    first, first_positions = rows[0]
+    embeds = first.new_zeros(len(rows), width, first.shape[1], device=device)
+    pos_shape = (*first_positions.shape[:-1], len(rows), width)
     positions = torch.zeros(pos_shape, dtype=torch.long, device=device)
-    valid = torch.zeros(len(sequences), width, dtype=torch.bool, device=device)
-    for b, s in enumerate(sequences):
-        embeds[b, width - s.length :] = s.embeds.to(device)
-        positions[..., b, width - s.length :] = s.positions.to(device)
-        valid[b, width - s.length :] = True
+    valid = torch.zeros(len(rows), width, dtype=torch.bool, device=device)
+    for b, (row_embeds, row_positions) in enumerate(rows):
+        begin = width - row_embeds.shape[0]
+        embeds[b, begin:] = row_embeds.to(device)
+        positions[..., b, begin:] = row_positions.to(device)
+        valid[b, begin:] = True
     return embeds, positions, valid, width
 
 
@@ -442,30 +459,184 @@ def _apply_merge(
     return new_hidden, new_cos_sin, gather_positions(positions, index), valid
 
 
+def resume_layer(num_layers: int, merge: MergeConfig) -> int:
+    """The first layer whose input needs every row of the prompt at once: the scoring layer of
+    the first merge step (or the step's layer, whichever comes first), or `num_layers` when no
+    merge step happens. Below it, each row's states depend on the rows before it only (causal
+    attention), so the rows before the question (`CachedPrefix`) are the same for every
+    question about a video and can be computed once."""
+    steps = [layer for layer, _ in merge.schedule if layer < num_layers] if merge.active else []
+    if not steps:
+        return num_layers
+    return min(scoring_layer(merge, steps[0]), steps[0])
+
+
+@dataclass
+class CachedPrefix:
+    """The rows of a prompt before its text T (system prompt, video, its wrapper) as a prefill
+    left them: what a later question about the same video reuses instead of computing again.
+
+    rows: P, the prompt rows covered (the sequence's `text_start`).
+    keys, values: per layer below `resume`, [kv_heads, P, head_dim] (rotary applied).
+    hidden: [P, d] the rows' hidden states at the input of layer `resume`; None when `resume`
+        is the number of layers (no merge: the cache is all there is).
+    resume: `resume_layer` of the merge this was computed for.
+    """
+
+    rows: int
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    hidden: torch.Tensor | None
+    resume: int
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [*self.keys, *self.values] + ([self.hidden] if self.hidden is not None else [])
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _capture_prefixes(
+    cache: DynamicCache,
+    hidden: torch.Tensor | None,
+    views: Sequence[_View],
+    width: int,
+    resume: int,
+) -> list[CachedPrefix]:
+    """Cut each sequence's prefix rows out of a full prefill (before any merge: the layout is
+    the stacked input's, sequence b right-aligned in `width` columns)."""
+    prefixes = []
+    for b, view in enumerate(views):
+        begin = width - view.seq.length
+        rows = slice(begin, begin + view.seq.text_start)
+        layers = cache.layers[:resume]
+        prefixes.append(
+            CachedPrefix(
+                rows=view.seq.text_start,
+                keys=[layer.keys[b, :, rows].clone() for layer in layers],
+                values=[layer.values[b, :, rows].clone() for layer in layers],
+                hidden=hidden[b, rows].clone() if hidden is not None else None,
+                resume=resume,
+            )
+        )
+    return prefixes
+
+
+def _prefill_after_prefix(
+    parts: LanguageModelParts,
+    sequences: Sequence[PromptSequence],
+    prefixes: Sequence[CachedPrefix],
+    resume: int,
+    cache: DynamicCache,
+):
+    """Layers below `resume` on the rows after each cached prefix only, attending to the
+    prefix's cached keys. The cache of those layers holds [prefix (left-padded) | rest
+    (left-padded)] columns. Returns the rest's hidden states [B, S, d] at the input of layer
+    `resume`, its positions [..., B, S] and the key mask [B, P + S] of those layers."""
+    device = parts.device
+    impl = parts.config._attn_implementation
+    for seq, prefix in zip(sequences, prefixes, strict=True):
+        if prefix.rows != seq.text_start or prefix.resume != resume or prefix.rows >= seq.length:
+            raise ValueError("a cached prefix must cover exactly the rows before the text")
+    rest = [
+        (s.embeds[p.rows :], s.positions[..., p.rows :])
+        for s, p in zip(sequences, prefixes, strict=True)
+    ]
+    hidden, positions, rest_valid, width = _stack_left_padded(rest, device)
+    prefix_width = max(p.rows for p in prefixes)
+    prefix_valid = torch.zeros(len(prefixes), prefix_width, dtype=torch.bool, device=device)
+    for b, prefix in enumerate(prefixes):
+        prefix_valid[b, prefix_width - prefix.rows :] = True
+    for i in range(resume):
+        keys, values = (
+            torch.stack(
+                [
+                    torch.nn.functional.pad(t[i].to(device), (0, 0, prefix_width - p.rows, 0))
+                    for t, p in zip(tensors, prefixes, strict=True)
+                ]
+            )
+            for tensors in ([p.keys for p in prefixes], [p.values for p in prefixes])
+        )
+        cache.update(keys, values, i)
+    valid = torch.cat([prefix_valid, rest_valid], dim=1)
+    mask = attention_mask(valid, width, impl, hidden.dtype, explicit=True)
+    cos_sin = parts.language_model.rotary_emb(hidden, positions)
+    for layer in parts.layers[:resume]:
+        hidden = layer(
+            hidden,
+            attention_mask=mask,
+            position_embeddings=cos_sin,
+            past_key_values=cache,
+            use_cache=True,
+        )
+    return hidden, positions, valid
+
+
 @torch.no_grad()
 def prefill(
-    parts: LanguageModelParts, sequences: Sequence[PromptSequence], merge: MergeConfig
+    parts: LanguageModelParts,
+    sequences: Sequence[PromptSequence],
+    merge: MergeConfig,
+    *,
+    prefixes: Sequence[CachedPrefix] | None = None,
+    capture: bool = False,
 ) -> DecodeState:
-    """Run all layers once over the left-padded batch, with the merge steps (see module doc)."""
+    """Run all layers once over the left-padded batch, with the merge steps (see module doc).
+
+    prefixes: one `CachedPrefix` per sequence (computed for this merge's `resume_layer`): the
+        layers below it then run on the rows after the prefix only, and the full rows are put
+        together at its input. Exact: causal attention makes the prefix's states independent of
+        what follows it, so logits equal a full prefill's.
+    capture: return each sequence's `CachedPrefix` in `state.prefixes` (for a later question).
+    """
     if not sequences:
         raise ValueError("prefill needs at least one sequence")
     ranks = {s.positions.ndim for s in sequences}
     if len(ranks) != 1:
         raise ValueError("all sequences of a batch must use the same kind of position ids")
+    if prefixes is not None and len(prefixes) != len(sequences):
+        raise ValueError("one cached prefix per sequence")
     device = parts.device
     impl = parts.config._attn_implementation
-    hidden, positions, valid, width = _stack_left_padded(sequences, device)
+    resume = resume_layer(parts.num_layers, merge)
     views = [_View(s, s.length, s.visual_count, s.visual_sizes.to(device)) for s in sequences]
     steps = _merge_steps(parts, sequences, merge)
     # Layers that score for a merge at the NEXT layer (fastv, holitom: the attention inside
     # layer K - 1); text_aware scores at the merge layer itself, just before merging.
     scored_early = {scoring_layer(merge, k) for k in steps} - set(steps)
     cache = DynamicCache(config=parts.config)
-    cos_sin = parts.language_model.rotary_emb(hidden, positions)
-    groups, layer_groups = [valid], []
-    mask = attention_mask(valid, width, impl, hidden.dtype)
+    groups, layer_groups = [], []
+    first = 0
+    if prefixes is not None:
+        hidden, positions, valid = _prefill_after_prefix(parts, sequences, prefixes, resume, cache)
+        groups.append(valid)
+        layer_groups += [0] * resume
+        for view in views:
+            for _ in range(resume):
+                view.record_layer()
+        first = resume
+        if resume < parts.num_layers:
+            width = hidden.shape[1]
+            full = [
+                (
+                    torch.cat([p.hidden.to(device), hidden[b, width - (s.length - p.rows) :]]),
+                    s.positions,
+                )
+                for b, (s, p) in enumerate(zip(sequences, prefixes, strict=True))
+            ]
+            hidden, positions, valid, width = _stack_left_padded(full, device)
+    else:
+        rows = [(s.embeds, s.positions) for s in sequences]
+        hidden, positions, valid, width = _stack_left_padded(rows, device)
+    captured = None
+    if first < parts.num_layers:
+        groups.append(valid)
+        cos_sin = parts.language_model.rotary_emb(hidden, positions)
+        mask = attention_mask(valid, valid.shape[1], impl, hidden.dtype)
     scores = None
-    for i, layer in enumerate(parts.layers):
+    for i in range(first, parts.num_layers):
+        layer = parts.layers[i]
+        if capture and i == resume:
+            captured = hidden
         if i in steps:
             if scores is None:
                 scores = _score_batch(layer, views, hidden, cos_sin, merge)
@@ -490,6 +661,9 @@ def prefill(
     logits = parts.logits(hidden[:, -1])
     last = positions[..., -1]
     next_positions = (last.amax(dim=0) if last.ndim == 2 else last) + 1
+    stats = [view.stats() for view in views]
+    for stat, prefix in zip(stats, prefixes or (), strict=False):
+        stat.cached_prompt_tokens = prefix.rows
     return DecodeState(
         cache=cache,
         valid=groups,
@@ -497,7 +671,12 @@ def prefill(
         next_positions=next_positions,
         logits=logits,
         position_rows=3 if positions.ndim == 3 else 0,
-        stats=[view.stats() for view in views],
+        stats=stats,
+        prefixes=(
+            _capture_prefixes(cache, captured, views, width, resume)
+            if capture and prefixes is None
+            else []
+        ),
     )
 
 

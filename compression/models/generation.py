@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass, field
 
 import torch
 
@@ -26,6 +25,7 @@ from compression.config import MergeConfig
 from compression.models.decoder_loop import (
     LanguageModelParts,
     PromptSequence,
+    SequenceStats,
     decode_step,
     prefill,
 )
@@ -85,15 +85,84 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
     return hold
 
 
-@dataclass
-class _Progress:
-    """Decoding progress of one sequence."""
+class SequenceProgress:
+    """Decoding progress of one sequence under its own settings: its tokens, its text, what was
+    streamed, why it finished, its sampling generator (one per sequence, so a batch equals
+    one-by-one runs). Shared by `GenerationRun` and the continuous batch
+    (`compression.models.scheduler`)."""
 
-    token_ids: list[int] = field(default_factory=list)
-    text: str = ""
-    emitted: int = 0
-    finish_reason: str | None = None
-    generator: torch.Generator | None = None
+    def __init__(
+        self,
+        generation: GenerationConfig,
+        decode: Callable[[list[int]], str],
+        eos_token_ids: frozenset[int],
+    ) -> None:
+        self.generation = generation
+        self._decode = decode
+        self._eos = eos_token_ids
+        self.token_ids: list[int] = []
+        self.text = ""
+        self.emitted = 0
+        self.finish_reason: str | None = None
+        self.generator: torch.Generator | None = None
+        if not generation.greedy:
+            self.generator = torch.Generator()
+            if generation.seed is None:
+                self.generator.seed()
+            else:
+                self.generator.manual_seed(generation.seed)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def choose(self, logits: torch.Tensor, argmax: int) -> int:
+        """The next token from this sequence's [vocab] logits; `argmax` is their argmax (the
+        caller takes it for the whole batch in one host sync)."""
+        if self.generation.greedy:
+            return argmax
+        return sample_token(logits, self.generation, self.generator)
+
+    def advance(self, token: int) -> str:
+        """Record one new token of a live sequence; return the text piece it releases."""
+        stops = self.generation.stop
+        if token in self._eos:
+            self.finish_reason = "stop"
+        else:
+            self.token_ids.append(token)
+            self.text = self._decode(self.token_ids)
+            cut = stop_position(self.text, stops)
+            if cut >= 0:
+                self.text = self.text[:cut]
+                self.finish_reason = "stop"
+            elif len(self.token_ids) >= self.generation.max_new_tokens:
+                self.finish_reason = "length"
+        end = len(self.text)
+        if self.finish_reason is None:
+            end -= _held_back(self.text, stops)
+        piece = self.text[self.emitted : end] if end > self.emitted else ""
+        self.emitted = max(self.emitted, end)
+        return piece
+
+
+def answer_of(
+    progress: SequenceProgress, stats: SequenceStats, prefill_s: float, decode_s: float
+) -> Answer:
+    """The `Answer` of a finished sequence."""
+    return Answer(
+        text=progress.text,
+        token_ids=progress.token_ids,
+        finish_reason=progress.finish_reason,  # type: ignore[arg-type]
+        prompt_tokens=stats.prompt_tokens,
+        visual_tokens_in=stats.visual_in,
+        visual_tokens_after_merge=stats.visual_after_merge,
+        layer_tokens=stats.layer_tokens,
+        layer_visual_tokens=stats.layer_visual_tokens,
+        prefill_s=prefill_s,
+        decode_s=decode_s,
+        kept_visual=stats.kept_visual,
+        cached_prompt_tokens=stats.cached_prompt_tokens,
+    )
 
 
 class GenerationRun:
@@ -126,59 +195,25 @@ class GenerationRun:
         self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)
         self.answers: list[Answer] = []
 
-    def _new_progress(self) -> _Progress:
-        if self.generation.greedy:
-            return _Progress()
-        generator = torch.Generator()
-        if self.generation.seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(self.generation.seed)
-        return _Progress(generator=generator)
-
     def _choose(
-        self, logits: torch.Tensor, progress: list[_Progress], previous: list[int]
+        self, logits: torch.Tensor, progress: list[SequenceProgress], previous: list[int]
     ) -> list[int]:
         """Next token of every live sequence; a finished one repeats its previous token."""
-        if self.generation.greedy:
-            chosen = logits.argmax(dim=-1).tolist()  # one host sync for the whole batch
-        else:
-            chosen = [
-                sample_token(row, self.generation, p.generator)
-                for row, p in zip(logits, progress, strict=True)
-            ]
+        argmax = logits.argmax(dim=-1).tolist()  # one host sync for the whole batch
         return [
-            c if p.finish_reason is None else prev
-            for c, p, prev in zip(chosen, progress, previous, strict=True)
+            prev if p.finished else p.choose(row, best)
+            for row, best, p, prev in zip(logits, argmax, progress, previous, strict=True)
         ]
-
-    def _advance(self, progress: _Progress, token: int) -> str:
-        """Record one new token of a live sequence; return the text piece it releases."""
-        stops = self.generation.stop
-        if token in self.eos_token_ids:
-            progress.finish_reason = "stop"
-        else:
-            progress.token_ids.append(token)
-            progress.text = self.decode(progress.token_ids)
-            cut = stop_position(progress.text, stops)
-            if cut >= 0:
-                progress.text = progress.text[:cut]
-                progress.finish_reason = "stop"
-            elif len(progress.token_ids) >= self.generation.max_new_tokens:
-                progress.finish_reason = "length"
-        end = len(progress.text)
-        if progress.finish_reason is None:
-            end -= _held_back(progress.text, stops)
-        piece = progress.text[progress.emitted : end] if end > progress.emitted else ""
-        progress.emitted = max(progress.emitted, end)
-        return piece
 
     def __iter__(self) -> Iterator[list[str]]:
         device = self.parts.device
         _synchronize(device)
         started = time.perf_counter()
         state = prefill(self.parts, self.sequences, self.merge)
-        progress = [self._new_progress() for _ in self.sequences]
+        progress = [
+            SequenceProgress(self.generation, self.decode, self.eos_token_ids)
+            for _ in self.sequences
+        ]
         tokens = self._choose(state.logits, progress, previous=[0] * len(progress))
         _synchronize(device)
         prefill_s = time.perf_counter() - started
@@ -186,9 +221,9 @@ class GenerationRun:
         while True:
             pieces = []
             for p, token in zip(progress, tokens, strict=True):
-                pieces.append(self._advance(p, token) if p.finish_reason is None else "")
+                pieces.append("" if p.finished else p.advance(token))
             yield pieces
-            if all(p.finish_reason is not None for p in progress):
+            if all(p.finished for p in progress):
                 break
             # Finished sequences keep feeding their last token; their outputs are ignored, and
             # they cannot influence the others (each sequence only attends to itself).
@@ -197,20 +232,7 @@ class GenerationRun:
         _synchronize(device)
         decode_s = time.perf_counter() - started
         self.answers = [
-            Answer(
-                text=p.text,
-                token_ids=p.token_ids,
-                finish_reason=p.finish_reason,  # type: ignore[arg-type]
-                prompt_tokens=s.prompt_tokens,
-                visual_tokens_in=s.visual_in,
-                visual_tokens_after_merge=s.visual_after_merge,
-                layer_tokens=s.layer_tokens,
-                layer_visual_tokens=s.layer_visual_tokens,
-                prefill_s=prefill_s,
-                decode_s=decode_s,
-                kept_visual=s.kept_visual,
-            )
-            for p, s in zip(progress, state.stats, strict=True)
+            answer_of(p, s, prefill_s, decode_s) for p, s in zip(progress, state.stats, strict=True)
         ]
 
     def run(self) -> list[Answer]:

@@ -4,7 +4,8 @@ A plug-in (one file per model family: `llava_onevision.py`, `qwen2_5_vl.py`) doe
 
 * encode: decoded frames -> projected visual tokens with their (t, h, w) grid index and
   per-token contribution scores (METHOD.md section 1): an `EncodedVideo`, ready for
-  `compression.compress_video`;
+  `compression.compress_video`; a `VideoEncoder` does only this, with only the vision side of
+  the model loaded;
 * answer: `Question`s over `TokenSet`s -> `Answer`s, with the text-aware merge (or FastV, or
   nothing) applied inside the LLM at layer K (METHOD.md section 5), decoded with a
   `GenerationConfig`.
@@ -15,7 +16,7 @@ jobs/ and serving/ program against this module and `compression.models.registry`
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -77,12 +78,18 @@ class Question:
     question is the next user turn). The video belongs to the first user turn (the first of
     `history`, or the question itself when there is no history). Every token after the video,
     earlier turns included, is text to the text-aware merge (METHOD.md section 5).
+
+    time_span: (start_s, end_s) of the video the token set covers, when the prompt should tell
+    the model the times of what it sees (issue 14: questions over a time range, and videos
+    indexed in chunks); None keeps the prompt without times (the paper's evaluation protocol).
+    See `compression.models.chat.timeline_text`.
     """
 
     token_set: TokenSet
     text: str
     system: str | None = None
     history: tuple[Turn, ...] = ()
+    time_span: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         self.history = tuple(self.history)
@@ -109,6 +116,9 @@ class Answer:
         last step (layer K for a one-step merge), or None when no merge ran; lets a viewer show
         which tokens the question kept (Fig. S2).
     prefill_s: prefill and the first token; decode_s: the remaining decoding steps.
+    cached_prompt_tokens: prompt rows whose states came from the replica's prefix cache (the
+        system prompt and video of an earlier question about the same video) instead of being
+        prefilled again for this question; 0 without prefix reuse.
     """
 
     text: str
@@ -122,16 +132,80 @@ class Answer:
     prefill_s: float
     decode_s: float
     kept_visual: torch.Tensor | None = None
+    cached_prompt_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class JoinRequest:
+    """A question to add to a running `DecodeBatch`; `key` names it in the events."""
+
+    key: Hashable
+    question: Question
+    merge: MergeConfig
+    generation: GenerationConfig
+
+
+@dataclass
+class BatchEvent:
+    """What one question got from a join or a step of a `DecodeBatch`: a text piece (possibly
+    ""), and once it is finished its `answer`, or its `error` (it then left the batch)."""
+
+    key: Hashable
+    piece: str = ""
+    answer: Answer | None = None
+    error: Exception | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.answer is not None or self.error is not None
+
+
+class DecodeBatch(Protocol):
+    """A running decode batch that questions join and leave between steps (continuous
+    batching; `compression.models.scheduler.ContinuousBatch`). One thread drives it."""
+
+    def __len__(self) -> int: ...
+
+    def join(self, requests: Sequence[JoinRequest]) -> list[BatchEvent]:
+        """Prefill the questions, choose their first tokens, keep the unfinished ones."""
+        ...
+
+    def step(self) -> list[BatchEvent]:
+        """One token for every running question; finished ones leave."""
+        ...
+
+    def cancel(self, keys: Collection[Hashable]) -> None:
+        """Drop questions whose callers stopped listening."""
+        ...
+
+    def prefix_cache_stats(self) -> tuple[int, int]:
+        """(lookups, hits) of the per-video prefix cache so far."""
+        ...
 
 
 @runtime_checkable
-class VideoLLM(Protocol):
-    """The interface jobs/ and serving/ program against."""
+class VideoEncoder(Protocol):
+    """What the indexing job's encode workers program against: frames -> `EncodedVideo`.
+
+    Every `VideoLLM` is one; `load_video_encoder` gives one that holds only the vision side of
+    the model (no language model), which is all encoding and contribution scores need.
+    """
 
     model_id: str
     family: str  # "llava_onevision" | "qwen2_5_vl"
     device: torch.device
     dtype: torch.dtype
+
+    def encode(self, frames: Frames, timestamps: Sequence[float] | None = None) -> EncodedVideo: ...
+
+    def encode_batch(
+        self, videos: Sequence[Frames], timestamps: Sequence[Sequence[float] | None] | None = None
+    ) -> list[EncodedVideo]: ...
+
+
+@runtime_checkable
+class VideoLLM(VideoEncoder, Protocol):
+    """The interface jobs/ and serving/ program against to answer (and encode)."""
 
     @property
     def hidden_size(self) -> int: ...
@@ -141,12 +215,6 @@ class VideoLLM(Protocol):
 
     @property
     def num_layers(self) -> int: ...
-
-    def encode(self, frames: Frames, timestamps: Sequence[float] | None = None) -> EncodedVideo: ...
-
-    def encode_batch(
-        self, videos: Sequence[Frames], timestamps: Sequence[Sequence[float] | None] | None = None
-    ) -> list[EncodedVideo]: ...
 
     def answer(
         self,
@@ -161,3 +229,5 @@ class VideoLLM(Protocol):
         merge: MergeConfig = MergeConfig(),
         generation: GenerationConfig = GenerationConfig(),
     ) -> Iterator[str | Answer]: ...
+
+    def continuous_batch(self, prefix_cache_bytes: int = 0) -> DecodeBatch: ...

@@ -2,8 +2,9 @@
 answer questions over a token set with the merge inside the LLM at layer K.
 
 Read top to bottom: the contribution scores (METHOD.md section 1, a forward pre-hook on the
-feature layer's attention), then the `LlavaOneVision` class: the family's part of the `VideoLLM`
-protocol (the prompt and answering shared with the other plug-ins are in `ChatVideoLLM`).
+feature layer's attention), then `LlavaOneVisionEncoder` (encoding: all an indexing worker loads)
+and the `LlavaOneVision` class: the family's part of the `VideoLLM` protocol (the prompt and
+answering shared with the other plug-ins are in `ChatVideoLLM`).
 
 Decisions the docs leave open, made here:
 
@@ -32,11 +33,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from compression.models.chat import ChatVideoLLM, ScoreHook, checked_videos, load_checkpoint
+from compression.models.chat import ChatVideoLLM, load_checkpoint
 from compression.models.decoder_loop import PromptSequence
+from compression.models.encoder import ScoreHook, VisionEncoder, checked_videos
 from compression.models.interface import Question
 from compression.models.preprocess import FramePreprocessing, preprocess_frames
 from compression.models.registry import TINY_LLAVA_OV
+from compression.models.vision_checkpoint import load_vision_model
 from compression.token_set import EncodedVideo, grid_index
 
 HeadReduction = Literal["mean", "max"]
@@ -88,17 +91,23 @@ class SiglipScoreHook(ScoreHook):
 
 
 # --------------------------------------------------------------------------------------------
-# The plug-in
+# The encoder (what an encode worker loads) and the plug-in
 # --------------------------------------------------------------------------------------------
-class LlavaOneVision(ChatVideoLLM):
-    """`VideoLLM` for LLaVA-OneVision (SigLIP + projector + Qwen2)."""
+class LlavaOneVisionEncoder(VisionEncoder):
+    """`VideoEncoder` for LLaVA-OneVision: SigLIP + projector + pooling, with scores.
+
+    vision: a `LlavaOnevisionModel` (`...ForConditionalGeneration.model`) of which only
+    `VISION_PARTS` are used; a vision-only load (`from_pretrained`) holds nothing else.
+    """
 
     family = "llava_onevision"
+    # What encoding and scoring use: the tower (scores hook its feature layer), the projector,
+    # and the trailing `image_newline` that `get_video_features` appends (then dropped here).
+    VISION_PARTS = ("vision_tower", "multi_modal_projector", "image_newline")
 
     def __init__(
         self,
-        model: nn.Module,
-        tokenizer,
+        vision: nn.Module,
         model_id: str,
         preprocessing: FramePreprocessing | None = None,
         *,
@@ -106,75 +115,55 @@ class LlavaOneVision(ChatVideoLLM):
         score_chunk: int = 256,
         max_frames_per_forward: int = 64,
     ) -> None:
-        """model: a `LlavaOnevisionForConditionalGeneration` on its device and dtype;
-        tokenizer: its tokenizer, with a chat template that places one `<video>` token;
-        model_id: stored in token sets; preprocessing defaults to the SigLIP constants at the
-        vision tower's image size; max_frames_per_forward bounds the vision tower's batch."""
-        super().__init__(model, tokenizer, model_id)
-        vision = model.config.vision_config
-        side = vision.image_size
+        """preprocessing defaults to the SigLIP constants at the vision tower's image size;
+        max_frames_per_forward bounds the vision tower's batch."""
+        super().__init__(vision, model_id)
+        config = vision.config
+        side = config.vision_config.image_size
         self.preprocessing = preprocessing or FramePreprocessing(size=(side, side))
         if self.preprocessing.size != (side, side):
             raise ValueError(
                 f"preprocessing size {self.preprocessing.size} but the vision tower reads "
                 f"{side} x {side} frames (its pooling assumes that grid)"
             )
-        if model.config.vision_feature_select_strategy != "full":
+        if config.vision_feature_select_strategy != "full":
             raise ValueError("LLaVA-OneVision's SigLIP has no CLS token: expected strategy 'full'")
         if max_frames_per_forward < 1 or score_chunk < 1:
             raise ValueError("max_frames_per_forward and score_chunk must be positive")
         self.head_reduction: HeadReduction = head_reduction
         self.score_chunk = score_chunk
         self.max_frames_per_forward = max_frames_per_forward
-        feature_layer = model.config.vision_feature_layer
+        feature_layer = config.vision_feature_layer
         if not isinstance(feature_layer, int):
             feature_layer = feature_layer[-1]
-        layers = model.model.vision_tower.encoder.layers
+        layers = vision.vision_tower.encoder.layers
         # hidden_states[i] is the output of encoder layer i - 1 (index 0 is the embeddings).
         layer_index = feature_layer - 1 if feature_layer >= 0 else len(layers) + feature_layer
         if not 0 <= layer_index < len(layers):
             raise ValueError(f"vision_feature_layer {feature_layer} names no encoder layer")
         self._score_attention = layers[layer_index].self_attn
-        patches = side // vision.patch_size
+        patches = side // config.vision_config.patch_size
         self.frame_grid = (-(-patches // 2), -(-patches // 2))  # apply_pooling's ceil(n / 2)
-
-    @staticmethod
-    def input_frame_size(config) -> int:
-        """The side of the square frames the vision tower reads (SigLIP resizes to it)."""
-        return int(config.vision_config.image_size)
 
     @classmethod
     def from_pretrained(
         cls, model: str, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
-    ) -> LlavaOneVision:
-        """Load a checkpoint (hub id or local directory) with sdpa attention.
-
-        dtype defaults to bfloat16 on CUDA and float32 elsewhere. The chat template comes from
-        the checkpoint's processor files when present (that is where the -hf checkpoints keep
-        the one that knows `<video>`), else from the tokenizer.
-        """
+    ) -> LlavaOneVisionEncoder:
+        """Only the vision side of a checkpoint (hub id or local directory): the language model
+        is neither built nor read (`compression.models.vision_checkpoint`)."""
         from transformers import LlavaOnevisionForConditionalGeneration
 
-        network, tokenizer = load_checkpoint(
-            LlavaOnevisionForConditionalGeneration, model, device, dtype
+        vision, read = load_vision_model(
+            LlavaOnevisionForConditionalGeneration,
+            model,
+            cls.VISION_PARTS,
+            device=device,
+            dtype=dtype,
         )
-        template = processor_chat_template(model)
-        if template:
-            tokenizer.chat_template = template
-        return cls(network, tokenizer, model, FramePreprocessing.from_pretrained(model))
+        encoder = cls(vision, model, FramePreprocessing.from_pretrained(model))
+        encoder.checkpoint_read = read
+        return encoder
 
-    @classmethod
-    def tiny(
-        cls, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
-    ) -> LlavaOneVision:
-        """The tiny random-weight "tiny-llava-ov" (same weights in every process)."""
-        from compression.models.tiny import build_tiny_llava_onevision
-
-        network, tokenizer = build_tiny_llava_onevision()
-        network = network.to(device=torch.device(device), dtype=dtype or torch.float32)
-        return cls(network, tokenizer, TINY_LLAVA_OV)
-
-    # -- encode -------------------------------------------------------------------------------
     @torch.no_grad()
     def video_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
         """Pixel frames [F, 3, H, W] -> tokens [F, h*w, d], scores [F, h*w], scoring time (s).
@@ -185,12 +174,12 @@ class LlavaOneVision(ChatVideoLLM):
         tokens, scores = [], []
         with SiglipScoreHook(self._score_attention, self.head_reduction, self.score_chunk) as hook:
             for chunk in pixels.split(self.max_frames_per_forward):
-                output = self.model.model.get_video_features(chunk[None].to(self.dtype))
+                output = self.vision.get_video_features(chunk[None].to(self.dtype))
                 pooled = output.pooler_output[0, :-1]  # drop the trailing image_newline
                 tokens.append(pooled.view(len(chunk), -1, pooled.shape[-1]))
             for patch_scores in hook.frame_scores:
                 # The model's own pooling, so score i belongs to token i.
-                pooled_scores = self.model.model.apply_pooling(patch_scores[..., None])
+                pooled_scores = self.vision.apply_pooling(patch_scores[..., None])
                 scores.append(pooled_scores[..., 0])
         return torch.cat(tokens), torch.cat(scores), hook.elapsed_s
 
@@ -234,6 +223,74 @@ class LlavaOneVision(ChatVideoLLM):
             )
         return encoded
 
+
+class LlavaOneVision(ChatVideoLLM):
+    """`VideoLLM` for LLaVA-OneVision (SigLIP + projector + Qwen2)."""
+
+    family = "llava_onevision"
+    encoder_class = LlavaOneVisionEncoder
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        model_id: str,
+        preprocessing: FramePreprocessing | None = None,
+        *,
+        head_reduction: HeadReduction = "mean",
+        score_chunk: int = 256,
+        max_frames_per_forward: int = 64,
+    ) -> None:
+        """model: a `LlavaOnevisionForConditionalGeneration` on its device and dtype;
+        tokenizer: its tokenizer, with a chat template that places one `<video>` token;
+        model_id: stored in token sets; the rest configures the `LlavaOneVisionEncoder` over
+        the model's vision side."""
+        encoder = LlavaOneVisionEncoder(
+            model.model,
+            model_id,
+            preprocessing,
+            head_reduction=head_reduction,
+            score_chunk=score_chunk,
+            max_frames_per_forward=max_frames_per_forward,
+        )
+        super().__init__(model, tokenizer, model_id, encoder)
+
+    @staticmethod
+    def input_frame_size(config) -> int:
+        """The side of the square frames the vision tower reads (SigLIP resizes to it)."""
+        return int(config.vision_config.image_size)
+
+    @classmethod
+    def from_pretrained(
+        cls, model: str, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    ) -> LlavaOneVision:
+        """Load a checkpoint (hub id or local directory) with sdpa attention.
+
+        dtype defaults to bfloat16 on CUDA and float32 elsewhere. The chat template comes from
+        the checkpoint's processor files when present (that is where the -hf checkpoints keep
+        the one that knows `<video>`), else from the tokenizer.
+        """
+        from transformers import LlavaOnevisionForConditionalGeneration
+
+        network, tokenizer = load_checkpoint(
+            LlavaOnevisionForConditionalGeneration, model, device, dtype
+        )
+        template = processor_chat_template(model)
+        if template:
+            tokenizer.chat_template = template
+        return cls(network, tokenizer, model, FramePreprocessing.from_pretrained(model))
+
+    @classmethod
+    def tiny(
+        cls, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    ) -> LlavaOneVision:
+        """The tiny random-weight "tiny-llava-ov" (same weights in every process)."""
+        from compression.models.tiny import build_tiny_llava_onevision
+
+        network, tokenizer = build_tiny_llava_onevision()
+        network = network.to(device=torch.device(device), dtype=dtype or torch.float32)
+        return cls(network, tokenizer, TINY_LLAVA_OV)
+
     # -- answer -------------------------------------------------------------------------------
     @torch.no_grad()
     def prompt_sequence(self, question: Question) -> PromptSequence:
@@ -249,6 +306,7 @@ class LlavaOneVision(ChatVideoLLM):
             visual=slice(start, stop),
             text_start=stop + 1,
             visual_sizes=question.token_set.size.to(self.device),
+            prefix_key=tuple(prefix),
         )
 
 

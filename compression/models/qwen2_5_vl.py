@@ -3,9 +3,10 @@ questions over a token set with each kept token at its original 3D M-RoPE positi
 
 Read top to bottom: frame preprocessing (what the HF video processor does, in plain torch, because
 its torchvision dependency has no CPU build here), the 3D position ids (METHOD.md section 4),
-the contribution scores of the last full-attention ViT block (METHOD.md section 1), then the
-`Qwen2_5_VL` class: the family's part of the `VideoLLM` protocol (the prompt and answering shared
-with the other plug-ins are in `ChatVideoLLM`).
+the contribution scores of the last full-attention ViT block (METHOD.md section 1), then
+`Qwen2_5_VLEncoder` (encoding: all an indexing worker loads) and the `Qwen2_5_VL` class: the
+family's part of the `VideoLLM` protocol (the prompt and answering shared with the other plug-ins
+are in `ChatVideoLLM`).
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from compression.models.chat import ChatVideoLLM, ScoreHook, checked_videos, load_checkpoint
+from compression.models.chat import ChatVideoLLM, load_checkpoint
 from compression.models.decoder_loop import PromptSequence
+from compression.models.encoder import ScoreHook, VisionEncoder, checked_videos
 from compression.models.interface import Question
 from compression.models.preprocess import FramePreprocessing, as_frame_tensor, preprocess_frames
 from compression.models.registry import TINY_QWEN2_5_VL
+from compression.models.vision_checkpoint import load_vision_model
 from compression.token_set import EncodedVideo, grid_index
 
 # The CLIP statistics the Qwen2-VL image and video processors normalise with
@@ -300,13 +303,122 @@ def merged_token_scores(
 
 
 # --------------------------------------------------------------------------------------------
-# The plug-in
+# The encoder (what an encode worker loads) and the plug-in
 # --------------------------------------------------------------------------------------------
+class Qwen2_5_VLEncoder(VisionEncoder):
+    """`VideoEncoder` for Qwen2.5-VL: ViT + merger tokens with contribution scores.
+
+    vision: a `Qwen2_5_VLModel` (`...ForConditionalGeneration.model`) of which only `visual` (the
+    ViT with its patch merger) is used; a vision-only load (`from_pretrained`) holds nothing else.
+    """
+
+    family = "qwen2_5_vl"
+    VISION_PARTS = ("visual",)
+
+    def __init__(
+        self,
+        vision: nn.Module,
+        model_id: str,
+        preprocessing: VideoPreprocessing = VideoPreprocessing(),
+        score_chunk: int = 1024,
+    ) -> None:
+        """score_chunk: queries per softmax chunk of the contribution scores (bounds their
+        memory)."""
+        super().__init__(vision, model_id)
+        self.preprocessing = preprocessing
+        self.score_chunk = score_chunk
+        config = vision.config.vision_config
+        if not config.fullatt_block_indexes:
+            raise ValueError("the ViT config names no full-attention block to score with")
+        checks = {
+            "patch_size": (config.patch_size, preprocessing.patch_size),
+            "temporal_patch_size": (config.temporal_patch_size, preprocessing.temporal_patch_size),
+            "spatial_merge_size": (config.spatial_merge_size, preprocessing.merge_size),
+        }
+        for name, (model_value, ours) in checks.items():
+            if model_value != ours:
+                raise ValueError(f"preprocessing {name}={ours} but the model uses {model_value}")
+        self._score_block = vision.visual.blocks[max(config.fullatt_block_indexes)]
+
+    @classmethod
+    def from_pretrained(
+        cls, model: str, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    ) -> Qwen2_5_VLEncoder:
+        """Only the vision side of a checkpoint (hub id or local directory): the language model
+        is neither built nor read (`compression.models.vision_checkpoint`)."""
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        vision, read = load_vision_model(
+            Qwen2_5_VLForConditionalGeneration, model, cls.VISION_PARTS, device=device, dtype=dtype
+        )
+        encoder = cls(vision, model, VideoPreprocessing.from_pretrained(model))
+        encoder.checkpoint_read = read
+        return encoder
+
+    @torch.no_grad()
+    def encode_batch(
+        self,
+        videos: Sequence[np.ndarray | torch.Tensor],
+        timestamps: Sequence[Sequence[float] | None] | None = None,
+    ) -> list[EncodedVideo]:
+        """All videos go through the ViT as one packed sequence (its attention never crosses a
+        temporal step, let alone a video), then are split back; scores come from the same pass."""
+        if not videos:
+            return []
+        from transformers.vision_utils import get_vision_window_index
+
+        videos, timestamps = checked_videos(videos, timestamps)
+        started = time.perf_counter()
+        pixels, grids = [], []
+        for frames in videos:
+            video_pixels, grid = preprocess_video(frames, self.preprocessing, self.device)
+            pixels.append(video_pixels)
+            grids.append(grid)
+        grid_thw = torch.tensor(grids, dtype=torch.long, device=self.device)
+        vision = self.vision.config.vision_config
+        with ContributionScoreHook(self._score_block.attn, self.score_chunk) as hook:
+            features = self.vision.get_video_features(
+                torch.cat(pixels).to(self.dtype), grid_thw
+            ).pooler_output
+        window_index, _ = get_vision_window_index(
+            grid_thw, vision.spatial_merge_size, vision.window_size, vision.patch_size
+        )
+        scores = merged_token_scores(hook.patch_scores, window_index, vision.spatial_merge_size**2)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elapsed = time.perf_counter() - started
+
+        merge = vision.spatial_merge_size
+        sizes = [len(tokens) for tokens in features]
+        encoded = []
+        for tokens, video_scores, (t, h, w), stamps in zip(
+            features, scores.split(sizes), grids, timestamps, strict=True
+        ):
+            grid = (t, h // merge, w // merge)
+            stamps = tuple(float(s) for s in stamps) if stamps is not None else ()
+            step = seconds_per_grid_step(stamps, self.preprocessing.temporal_patch_size)
+            encoded.append(
+                EncodedVideo(
+                    tokens=tokens,
+                    index=grid_index(grid),
+                    scores=video_scores.float().cpu(),
+                    grid=grid,
+                    frame_timestamps=stamps,
+                    extras={"seconds_per_grid_t": step},
+                    # A batch shares one ViT pass: each video is charged its share by tokens.
+                    encode_s=elapsed * len(tokens) / sum(sizes),
+                    score_s=hook.elapsed_s * len(tokens) / sum(sizes),
+                )
+            )
+        return encoded
+
+
 class Qwen2_5_VL(ChatVideoLLM):
     """`VideoLLM` for Qwen2.5-VL: ViT + merger tokens with contribution scores; answers with
     each kept token at its original 3D position and the merge inside the LLM at layer K."""
 
     family = "qwen2_5_vl"
+    encoder_class = Qwen2_5_VLEncoder
 
     def __init__(
         self,
@@ -318,22 +430,9 @@ class Qwen2_5_VL(ChatVideoLLM):
     ) -> None:
         """model: a `Qwen2_5_VLForConditionalGeneration` in eval mode, on its device and dtype;
         tokenizer: its tokenizer (with the chat template); model_id: stored in token sets;
-        score_chunk: queries per softmax chunk of the contribution scores (bounds their memory)."""
-        super().__init__(model, tokenizer, model_id)
-        self.preprocessing = preprocessing
-        self.score_chunk = score_chunk
-        vision = model.config.vision_config
-        if not vision.fullatt_block_indexes:
-            raise ValueError("the ViT config names no full-attention block to score with")
-        checks = {
-            "patch_size": (vision.patch_size, preprocessing.patch_size),
-            "temporal_patch_size": (vision.temporal_patch_size, preprocessing.temporal_patch_size),
-            "spatial_merge_size": (vision.spatial_merge_size, preprocessing.merge_size),
-        }
-        for name, (model_value, ours) in checks.items():
-            if model_value != ours:
-                raise ValueError(f"preprocessing {name}={ours} but the model uses {model_value}")
-        self._score_block = model.model.visual.blocks[max(vision.fullatt_block_indexes)]
+        preprocessing and score_chunk configure the `Qwen2_5_VLEncoder` over its vision side."""
+        encoder = Qwen2_5_VLEncoder(model.model, model_id, preprocessing, score_chunk)
+        super().__init__(model, tokenizer, model_id, encoder)
 
     @staticmethod
     def input_frame_size(config) -> None:
@@ -369,64 +468,6 @@ class Qwen2_5_VL(ChatVideoLLM):
         small = VideoPreprocessing(min_pixels=56 * 56, max_pixels=112 * 112)
         return cls(network, tokenizer, TINY_QWEN2_5_VL, small)
 
-    # -- encode -------------------------------------------------------------------------------
-    @torch.no_grad()
-    def encode_batch(
-        self,
-        videos: Sequence[np.ndarray | torch.Tensor],
-        timestamps: Sequence[Sequence[float] | None] | None = None,
-    ) -> list[EncodedVideo]:
-        """All videos go through the ViT as one packed sequence (its attention never crosses a
-        temporal step, let alone a video), then are split back; scores come from the same pass."""
-        if not videos:
-            return []
-        from transformers.vision_utils import get_vision_window_index
-
-        videos, timestamps = checked_videos(videos, timestamps)
-        started = time.perf_counter()
-        pixels, grids = [], []
-        for frames in videos:
-            video_pixels, grid = preprocess_video(frames, self.preprocessing, self.device)
-            pixels.append(video_pixels)
-            grids.append(grid)
-        grid_thw = torch.tensor(grids, dtype=torch.long, device=self.device)
-        vision = self.model.config.vision_config
-        with ContributionScoreHook(self._score_block.attn, self.score_chunk) as hook:
-            features = self.model.model.get_video_features(
-                torch.cat(pixels).to(self.dtype), grid_thw
-            ).pooler_output
-        window_index, _ = get_vision_window_index(
-            grid_thw, vision.spatial_merge_size, vision.window_size, vision.patch_size
-        )
-        scores = merged_token_scores(hook.patch_scores, window_index, vision.spatial_merge_size**2)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        elapsed = time.perf_counter() - started
-
-        merge = vision.spatial_merge_size
-        sizes = [len(tokens) for tokens in features]
-        encoded = []
-        for tokens, video_scores, (t, h, w), stamps in zip(
-            features, scores.split(sizes), grids, timestamps, strict=True
-        ):
-            grid = (t, h // merge, w // merge)
-            stamps = tuple(float(s) for s in stamps) if stamps is not None else ()
-            step = seconds_per_grid_step(stamps, self.preprocessing.temporal_patch_size)
-            encoded.append(
-                EncodedVideo(
-                    tokens=tokens,
-                    index=grid_index(grid),
-                    scores=video_scores.float().cpu(),
-                    grid=grid,
-                    frame_timestamps=stamps,
-                    extras={"seconds_per_grid_t": step},
-                    # A batch shares one ViT pass: each video is charged its share by tokens.
-                    encode_s=elapsed * len(tokens) / sum(sizes),
-                    score_s=hook.elapsed_s * len(tokens) / sum(sizes),
-                )
-            )
-        return encoded
-
     # -- answer -------------------------------------------------------------------------------
     def _system_message(self, text: str) -> dict:
         # The Qwen2.5-VL chat template prints a system turn's content as a plain string.
@@ -461,4 +502,5 @@ class Qwen2_5_VL(ChatVideoLLM):
             visual=slice(start, stop),
             text_start=stop + 1 if suffix[:1] == [self.model.config.vision_end_token_id] else stop,
             visual_sizes=token_set.size.to(self.device),
+            prefix_key=tuple(prefix),
         )

@@ -5,6 +5,9 @@ Lazy, like vLLM's model registry: a family is a "module:class" string, imported 
 of that family is loaded, so loading one family never imports the other (and importing this
 module imports neither, nor transformers).
 
+Two ways to load one: `load_video_llm` (the whole model: serving, evaluation) and
+`load_video_encoder` (only what encoding needs: the indexing job's encode workers).
+
 A model is named by a built-in tiny random-weight model (`TINY_MODELS`: no download, same weights
 in every process; for tests and the offline demo), a Hugging Face hub id or a local checkpoint
 directory; a checkpoint's family is its config's `model_type`.
@@ -19,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from compression.models.interface import VideoLLM
+    from compression.models.interface import VideoEncoder, VideoLLM
 
 MODEL_ENV = "TOKENREEL_MODEL"
 TINY_LLAVA_OV = "tiny-llava-ov"
@@ -79,14 +82,37 @@ def model_frame_size(model: str) -> int | None:
     return plugin_class(config.model_type).input_frame_size(config)
 
 
+def _checked_name(model: str) -> str:
+    if not isinstance(model, str) or not model.strip():
+        raise ValueError(f"model must be a non-empty name, hub id or directory, got {model!r}")
+    return model
+
+
 def load_video_llm(
     model: str, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> VideoLLM:
-    """A plug-in by name (see the module docstring). dtype defaults to bfloat16 on CUDA and
-    float32 elsewhere; attention is sdpa."""
-    if not isinstance(model, str) or not model.strip():
-        raise ValueError(f"model must be a non-empty name, hub id or directory, got {model!r}")
-    plugin = plugin_class(model_family(model))
+    """A plug-in by name (see the module docstring): the whole model, for answering (serving,
+    evaluation). dtype defaults to bfloat16 on CUDA and float32 elsewhere; attention is sdpa."""
+    plugin = plugin_class(model_family(_checked_name(model)))
     if model in TINY_MODELS:
         return plugin.tiny(device=device, dtype=dtype)
     return plugin.from_pretrained(model, device=device, dtype=dtype)
+
+
+def load_video_encoder(
+    model: str, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> VideoEncoder:
+    """Only the vision side of a model by name, for encoding (the indexing job's workers): the
+    vision tower, projector and the family's pooling parameters, read from the checkpoint's
+    safetensors without building or reading the language model
+    (`compression.models.vision_checkpoint`; what was read is in its `checkpoint_read`).
+    Encodings equal the whole model's (`load_video_llm(model).encode`): same code, same weights.
+
+    The tiny models are built whole (they are kilobytes, and seeded, so the encoder shares the
+    whole model's weights by construction) and their encoder is returned. dtype defaults as in
+    `load_video_llm`.
+    """
+    plugin = plugin_class(model_family(_checked_name(model)))
+    if model in TINY_MODELS:
+        return plugin.tiny(device=device, dtype=dtype).encoder
+    return plugin.encoder_class.from_pretrained(model, device=device, dtype=dtype)

@@ -295,6 +295,7 @@ def run(args: argparse.Namespace) -> int:
             tau=args.tau,
             cluster_ratio=args.cluster_ratio,
             knn_k=args.knn_k,
+            dpc_knn_convention=args.dpc_knn_convention,
             seed=args.seed,
             frames=args.frames,
         )

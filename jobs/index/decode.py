@@ -34,6 +34,7 @@ import pickle
 import select
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -303,7 +304,7 @@ _CHILD_START_TIMEOUT_S = 120.0
 class DecoderProcess:
     """Decodes in a long-lived child process and kills it when a decode overruns its limit.
 
-    Not thread-safe: one per process (see `shared_decoder`) or one per thread.
+    Not thread-safe: one per thread (see `shared_decoder`).
     """
 
     def __init__(self, recycle_after: int = 64) -> None:
@@ -394,16 +395,18 @@ class DecoderProcess:
         return child
 
 
-_shared: DecoderProcess | None = None
+_per_thread = threading.local()
 
 
 def shared_decoder() -> DecoderProcess:
-    """The process-wide `DecoderProcess` (a Ray worker reuses one child across its tasks)."""
-    global _shared
-    if _shared is None:
-        _shared = DecoderProcess()
-        atexit.register(_shared.close)
-    return _shared
+    """This thread's `DecoderProcess`, kept for the thread's life: a Ray worker reuses its
+    children across tasks, and the threads of a decode task (`jobs.index.stages`) each decode
+    in a child of their own, so a video that hangs or crashes its child costs only itself."""
+    decoder = getattr(_per_thread, "decoder", None)
+    if decoder is None:
+        decoder = _per_thread.decoder = DecoderProcess()
+        atexit.register(decoder.close)
+    return decoder
 
 
 def _describe_exit(code: int) -> str:

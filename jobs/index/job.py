@@ -2,14 +2,17 @@
 
 `index_videos` reads as plan -> run -> summarise:
 
-* plan (driver): resolve the model, the compression config and the sampling; list the source;
-  record the run; ask the catalog what is still to do (minus what it already has for this model
-  + config) and mark those videos pending.
-* run: a streaming Ray Data pipeline, one row per video (`jobs.index.stages`):
+* plan (driver): resolve the model, the compression config and the sampling; list the source
+  with each video's fingerprint (size + mtime, or ETag); record the run; in chunks of
+  `PLAN_CHUNK`, ask the catalog what is still to do (new, pending or interrupted videos, and
+  indexed ones whose source changed; failed ones with `retry_failed`) and mark those pending.
+* run (after checking the cluster can hold the pools, `jobs.index.resources`): a streaming
+  Ray Data pipeline, one row per video, in blocks of up to 64 videos (`videos_per_block`):
 
-      decode_row          CPU tasks (num_cpus=1 each), F sampled frames per video, time-limited
-      EncodeAndCompress   an actor pool: the model loads once per actor; batches of videos;
-                          num_gpus per actor on GPU clusters, CPU otherwise
+      decode_videos       CPU tasks (num_cpus=1 each), one per block, a few videos at a time
+                          (threads), F sampled frames per video, each time-limited on its own
+      EncodeAndCompress   an elastic actor pool (MIN:MAX): the model loads once per actor;
+                          batches of videos; num_gpus per actor on GPU clusters, CPU otherwise
       write_batch         one Parquet file per batch (storage), then its catalog rows
       driver              a progress bar over finished videos
 
@@ -32,34 +35,41 @@ its decoder child process, so no video can loop a decode retry), and encode acto
 `max_restarts=-1` (a lost GPU node or a preempted worker never ends a long job) but retry any one
 batch at most `ENCODE_BATCH_RETRIES` times: a batch that kills its encoder process every time (a
 video that crashes the model's native code, say) then stops the job with Ray's error instead of
-restarting the encoder forever; its videos stay `pending`. Catalog writes are upserts on (video,
-model, config), so a retried batch cannot duplicate a row. A rerun with the same arguments skips
-what is indexed and resumes the rest (`pending`); failed videos are retried only with
-`retry_failed`. A file written by a batch whose catalog rows never landed (a crash in between) is
-an orphan that `Store.collect_garbage` removes.
+restarting the encoder forever; its videos stay `pending`, and once the run has recorded its
+end (always, also on Ctrl-C or SIGTERM) they read as `interrupted` until a rerun resumes them.
+Catalog writes are upserts on (video, model, config), so a retried batch cannot duplicate a row.
+A rerun with the same arguments skips what is indexed and resumes the rest (pending or
+interrupted); failed videos are retried only with `retry_failed`. A file written by a batch
+whose catalog rows never landed (a crash in between) is an orphan that `Store.collect_garbage`
+removes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from jobs.index.cluster import ray_connection, ray_init_arguments
 from jobs.index.decode import VERBOSE_ENV, DecodeSettings
-from jobs.index.sources import list_sources
+from jobs.index.resources import DEFAULT_DECODE_THREADS, Pool, Resources, check_fits, cluster_nodes
+from jobs.index.sources import list_sources_with_fingerprints
 from jobs.index.stages import (
     CHAOS_ENV,
     EncodeAndCompress,
     ModelLoader,
     StageSettings,
-    decode_row,
+    decode_videos,
     rows_of,
     write_batch,
 )
@@ -79,12 +89,21 @@ ENCODE_BATCH_RETRIES = 3
 # Two writers per encode actor keep up with it (more would only add worker processes).
 WRITE_TASK_CPUS = 0
 WRITERS_PER_ENCODE_ACTOR = 2
-# A decode worker process is replaced after this many videos, bounding whatever its libraries
-# leak. Setting it also keeps Ray Data from fusing the decode tasks into the encode actors
-# (fusion needs identical remote args): decoding must stay on its own, separately scaled CPUs.
-DECODE_TASKS_PER_WORKER = 200
+# A decode worker process is replaced after this many tasks (blocks), bounding whatever its
+# libraries leak. Setting it also keeps Ray Data from fusing the decode tasks into the encode
+# actors (fusion needs identical remote args): decoding must stay on its own, separately scaled
+# CPUs.
+DECODE_TASKS_PER_WORKER = 32
+# Block sizing (see `videos_per_block`): one block per video made Ray Data's per-block scheduling
+# the ceiling (~70 videos/s on 2 cores whatever the encoder); blocks of up to 64 URIs (a few KB)
+# amortise it, and at least 4 blocks per decode slot still spread a small corpus over every slot.
+MAX_VIDEOS_PER_BLOCK = 64
+BLOCKS_PER_DECODE_SLOT = 4
+# Listed videos per catalog check + pending registration while planning.
+PLAN_CHUNK = 10_000
 MAX_LISTED_FAILURES = 20
 STAGES = ("decode", "encode", "compress", "write")
+T = TypeVar("T")
 
 
 class IndexJobStopped(RuntimeError):
@@ -162,26 +181,6 @@ class IndexSummary:
 
 
 @dataclass(frozen=True)
-class Resources:
-    """How the pipeline is spread over the cluster (see `index_videos` for each field)."""
-
-    workers: int = 1
-    gpus_per_worker: float = 0.0
-    decode_workers: int | None = None
-    ray_address: str | None = None
-    num_cpus: int | None = None
-    runtime_env: dict[str, Any] | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("workers", "decode_workers", "num_cpus"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.gpus_per_worker < 0:
-            raise ValueError(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker}")
-
-
-@dataclass(frozen=True)
 class IndexPlan:
     """What a run will do, decided on the driver before any worker starts."""
 
@@ -189,7 +188,7 @@ class IndexPlan:
     resources: Resources
     catalog: Catalog
     listed: int  # videos the source names
-    todo: list[str]  # URIs to index now (registered pending)
+    todo: list[tuple[str, str | None]]  # (URI, listed fingerprint) to index now, pending
     skipped_failed: int  # failed before and not retried
 
 
@@ -203,16 +202,21 @@ def index_videos(
     frames: int = 32,
     frame_size: int | None = None,
     ray_address: str | None = None,
-    workers: int = 1,
+    workers: int | str | tuple[int, int] | Pool = 1,
     gpus_per_worker: float = 0.0,
-    decode_workers: int | None = None,
+    worker_resources: Mapping[str, float] | None = None,
+    decode_workers: int | str | tuple[int, int] | Pool | None = None,
+    decode_threads: int = DEFAULT_DECODE_THREADS,
     batch_size: int = 4,
     retry_failed: bool = False,
     decode_timeout_s: float = 120.0,
     num_cpus: int | None = None,
     runtime_env: dict[str, Any] | None = None,
+    skip_resource_check: bool = False,
     progress: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
+    chunk_seconds: float | None = None,
+    fps: float | None = None,
 ) -> IndexSummary:
     """Index the videos SOURCE names (see `jobs.index.sources`) into compressed token sets.
 
@@ -223,16 +227,38 @@ def index_videos(
     stage (paper defaults).
     frames: F sampled frames per video. frame_size: short side frames are decoded to (default:
     the vision tower's input side for LLaVA-OneVision models, the source size otherwise).
-    ray_address: a cluster to join; default: reuse an initialised Ray, else start a local one
-    with `num_cpus`. workers: encode actors; gpus_per_worker: GPUs per actor (0: CPU);
-    decode_workers: concurrent decode tasks (None: as many as free CPUs allow).
+    ray_address: `local`, `auto`, HOST:PORT or ray://HOST:PORT (default: $RAY_ADDRESS, else
+    `local`; see `jobs.index.cluster`); a Ray already initialised here is used as it is.
+    num_cpus: CPUs of a local Ray (default: all). workers: encode actors, N or an elastic
+    (MIN, MAX) / "MIN:MAX" (see `jobs.index.resources`); gpus_per_worker: GPUs per actor (0:
+    CPU); worker_resources: custom Ray resources per actor (e.g. a node type's marker);
+    decode_workers: concurrent decode tasks, N or (MIN, MAX) (None: as many as free CPUs allow);
+    decode_threads: videos each decode task decodes at once.
     batch_size: videos per encode batch and per Parquet file. runtime_env: Ray runtime env for
     the job's workers (e.g. storage endpoint variables when joining a running Ray).
+    skip_resource_check: start even when the cluster cannot hold the pools now (it autoscales).
     progress: show a progress bar; on_progress(done, todo) is called as videos finish.
+    chunk_seconds / fps: index videos longer than chunk_seconds in time windows (`frames` per
+    window, or `fps` frames per second), with a video-level set pooled from the chunk sets:
+    `jobs.index.chunks` (in this process, without the Ray pipeline).
     """
+    if chunk_seconds is not None or fps is not None:
+        return _index_in_chunks(source, store_url, catalog_url, model, config, frames, frame_size,
+                                chunk_seconds, fps, retry_failed, gpus_per_worker)  # fmt: skip
     resources = Resources(
-        workers, gpus_per_worker, decode_workers, ray_address, num_cpus, runtime_env
+        workers=Pool.of(workers, "workers"),
+        gpus_per_worker=gpus_per_worker,
+        worker_resources=dict(worker_resources or {}),
+        decode_workers=None
+        if decode_workers is None
+        else Pool.of(decode_workers, "decode_workers"),
+        decode_threads=decode_threads,
+        ray_address=ray_address,
+        num_cpus=num_cpus,
+        runtime_env=runtime_env,
+        skip_resource_check=skip_resource_check,
     )
+    ray_init_arguments(ray_address, num_cpus)  # its errors before any work
     plan = plan_run(
         source,
         store_url=store_url,
@@ -249,6 +275,8 @@ def index_videos(
     try:
         started = run_pipeline(plan, tally, progress=progress, on_progress=on_progress)
     except BaseException as exc:
+        # The run's end is recorded whatever stopped it (Ctrl-C, SIGTERM, a storage error): its
+        # videos still pending then read as interrupted, not as being indexed (see storage).
         plan.catalog.finish_run(plan.stages.run_id, {**tally.counts(), "interrupted": 1})
         if _is_ray_error(exc):
             raise IndexJobStopped(
@@ -261,6 +289,62 @@ def index_videos(
     summary = summarise(plan, tally, time.perf_counter() - started)
     plan.catalog.finish_run(plan.stages.run_id, summary.counts())
     return summary
+
+
+def _index_in_chunks(
+    source: str | os.PathLike[str] | Sequence[str],
+    store_url: str | None,
+    catalog_url: str | None,
+    model: str | ModelLoader | None,
+    config: CompressionConfig | None,
+    frames: int,
+    frame_size: int | None,
+    chunk_seconds: float | None,
+    fps: float | None,
+    retry_failed: bool,
+    gpus_per_worker: float,
+) -> IndexSummary:
+    """The hook to `jobs.index.chunks.index_videos_in_chunks` (see `index_videos`)."""
+    from compression import CompressionConfig
+    from compression.models import model_name
+    from jobs.index.chunks import index_videos_in_chunks
+
+    if chunk_seconds is None:
+        raise ValueError("fps sampling needs chunk_seconds (chunked indexing)")
+    loader = model if isinstance(model, ModelLoader) else ModelLoader.by_name(model_name(model))
+    config = dataclasses.replace(
+        config or CompressionConfig(),
+        frames=frames,
+        frame_size=frame_size,
+        chunk_seconds=chunk_seconds,
+        fps=fps,
+    )
+    run = index_videos_in_chunks(
+        source,
+        store_url=store_url,
+        catalog_url=catalog_url,
+        loader=loader,
+        config=config,
+        retry_failed=retry_failed,
+        device="cuda" if gpus_per_worker > 0 else "cpu",
+    )
+    return IndexSummary(
+        run_id=run.run_id,
+        store_url=run.store_url,
+        catalog_url=run.catalog_url,
+        model_id=run.model_id,
+        config_hash=run.config_hash,
+        total=run.total,
+        skipped=run.skipped,
+        indexed=run.indexed,
+        failed=len(run.failures),
+        tokens_in=run.tokens_in,
+        tokens_out=run.tokens_out,
+        bytes_written=0,  # not counted on this path
+        pipeline_s=run.elapsed_s,
+        stage_s={},
+        failures=run.failures,
+    )
 
 
 def plan_run(
@@ -290,7 +374,7 @@ def plan_run(
     config = dataclasses.replace(
         config or CompressionConfig(), frames=decode.num_frames, frame_size=decode.frame_size
     )
-    uris = list_sources(source)
+    sources = list_sources_with_fingerprints(source)
     store = open_store(store_url, catalog_url)
     catalog = store.catalog
     model_id, config_hash = loader.model_id, config.stable_hash()
@@ -300,16 +384,30 @@ def plan_run(
             "model": model_id,
             "config": config.to_dict(),
             "decode": dataclasses.asdict(decode),
-            "workers": resources.workers,
+            "workers": str(resources.workers),
             "gpus_per_worker": resources.gpus_per_worker,
-            "decode_workers": resources.decode_workers,
+            "worker_resources": dict(resources.worker_resources),
+            "decode_workers": None
+            if resources.decode_workers is None
+            else str(resources.decode_workers),
+            "decode_threads": resources.decode_threads,
             "batch_size": batch_size,
             "retry_failed": retry_failed,
         }
     )
-    todo = catalog.not_indexed(uris, model_id, config_hash, retry_failed=retry_failed)
-    failed_before = catalog.not_indexed(uris, model_id, config_hash, retry_failed=True)
-    catalog.register_pending(todo, model_id, config_hash, run_id=run_id)
+    todo: list[tuple[str, str | None]] = []
+    skipped_failed = 0
+    # In chunks: each catalog call (and its transaction) stays small whatever the corpus size.
+    for chunk in _chunked(sources.items(), PLAN_CHUNK):
+        listed = dict(chunk)
+        wanted = catalog.needs_indexing(listed, model_id, config_hash, retry_failed=retry_failed)
+        if not retry_failed:
+            failed = catalog.needs_indexing(listed, model_id, config_hash, retry_failed=True)
+            skipped_failed += len(failed) - len(wanted)
+        # With the listed fingerprints: a changed source becomes pending again, its old token
+        # set readable until the new one is recorded (`Catalog.register_pending`).
+        catalog.register_pending(wanted, model_id, config_hash, run_id=run_id, fingerprints=listed)
+        todo.extend((uri, listed[uri]) for uri in wanted)
     stages = StageSettings(
         store_url=store.store_url,
         catalog_url=catalog.url,
@@ -320,7 +418,7 @@ def plan_run(
         device="cuda" if resources.gpus_per_worker > 0 else "cpu",
         batch_size=batch_size,
     )
-    return IndexPlan(stages, resources, catalog, len(uris), todo, len(failed_before) - len(todo))
+    return IndexPlan(stages, resources, catalog, len(sources), todo, skipped_failed)
 
 
 def run_pipeline(
@@ -331,17 +429,22 @@ def run_pipeline(
     on_progress: Callable[[int, int], None] | None,
 ) -> float:
     """Run the pipeline over the plan's videos, counting finished ones into `tally`; returns the
-    time.perf_counter() at which the pipeline started (after Ray's start-up)."""
+    time.perf_counter() at which the pipeline started (after Ray's start-up).
+
+    Raises `InsufficientResources` (a ValueError) before starting when the cluster cannot hold
+    the pools, and `JobInterrupted` on SIGTERM (as Ctrl-C raises KeyboardInterrupt)."""
     started = time.perf_counter()
     if not plan.todo:
         return started
     import ray
 
     resources = plan.resources
-    with _ray_connection(resources.ray_address, resources.num_cpus), _quiet_data_context():
+    with ray_connection(resources.ray_address, resources.num_cpus), _quiet_data_context():
+        if not resources.skip_resource_check:
+            check_fits(resources, cluster_nodes())
         started = time.perf_counter()  # the pipeline's time, not Ray's start-up
-        dataset = build_dataset(ray.data, plan)
-        with _progress_bar(len(plan.todo), enabled=progress) as bar:
+        dataset = build_dataset(ray.data, plan, decode_slots=_decode_slots(resources))
+        with _progress_bar(len(plan.todo), enabled=progress) as bar, _terminate_raises():
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
                 bar.update(tally.add(batch))
                 bar.set_postfix(failed=len(tally.failures), refresh=False)
@@ -350,45 +453,112 @@ def run_pipeline(
     return started
 
 
-def build_dataset(data: Any, plan: IndexPlan) -> Any:
+@dataclass(frozen=True)
+class PipelineStages:
+    """What each stage runs (see `jobs.index.stages`); the benchmark swaps in no-ops of the same
+    shapes to measure the pipeline's own ceiling."""
+
+    decode: Callable[..., Any] = decode_videos
+    encode: type = EncodeAndCompress
+    write: Callable[..., Any] = write_batch
+
+
+def videos_per_block(videos: int, decode_slots: int) -> int:
+    """Rows (URIs) per input block: at least `BLOCKS_PER_DECODE_SLOT` blocks per concurrent
+    decode task, at most `MAX_VIDEOS_PER_BLOCK` videos per block.
+
+    Decision: a block is one decode task, so its size trades Ray Data's per-block overhead
+    (scheduling, one task, one object; one block per video capped the job at ~70 videos/s on 2
+    cores) against spreading a small corpus over every CPU from the start and against the time
+    a block waits for its slowest video (each is time-limited). Decoded frames need no bound
+    here: Ray Data splits a task's output into blocks of its target size."""
+    per_slot = math.ceil(videos / (BLOCKS_PER_DECODE_SLOT * max(1, decode_slots)))
+    return max(1, min(MAX_VIDEOS_PER_BLOCK, per_slot))
+
+
+def build_dataset(
+    data: Any, plan: IndexPlan, *, decode_slots: int, stages: PipelineStages = PipelineStages()
+) -> Any:
     """The lazy Ray Dataset of the job (`data` is the `ray.data` module)."""
+    import pyarrow as pa
+    import ray
+
     from storage.ids import video_id_for
 
     settings, resources = plan.stages, plan.resources
-    rows = [{"uri": uri, "video_id": video_id_for(uri)} for uri in plan.todo]
+    per_block = videos_per_block(len(plan.todo), decode_slots)
+    # Blocks go to the object store as they are made: the driver never holds every row twice.
+    blocks = [
+        ray.put(
+            pa.table(
+                {
+                    "uri": [uri for uri, _ in chunk],
+                    "video_id": [video_id_for(uri) for uri, _ in chunk],
+                    "fingerprint": [fingerprint or "" for _, fingerprint in chunk],
+                }
+            )
+        )
+        for chunk in _chunked(plan.todo, per_block)
+    ]
     env = {"runtime_env": resources.runtime_env} if resources.runtime_env else {}
+    decode_cap = None if resources.decode_workers is None else resources.decode_workers.max
+    workers = resources.workers
     return (
-        # One block per video: decode tasks then spread over the cluster from the start.
-        data.from_items(rows, override_num_blocks=len(rows))
-        .map(
-            decode_row,
-            fn_kwargs={"settings": settings.decode},
+        data.from_arrow_refs(blocks)
+        .map_batches(
+            stages.decode,
+            fn_kwargs={"settings": settings.decode, "threads": resources.decode_threads},
+            batch_size=None,  # the whole block: one task decodes it, several videos at once
+            batch_format="numpy",
             num_cpus=1,
-            compute=data.TaskPoolStrategy(size=resources.decode_workers),
+            compute=data.TaskPoolStrategy(size=decode_cap),
             max_calls=DECODE_TASKS_PER_WORKER,
             **env,
         )
         .map_batches(
-            EncodeAndCompress,
+            stages.encode,
             fn_constructor_kwargs={"settings": settings, "chaos_flag": os.environ.get(CHAOS_ENV)},
             batch_size=settings.batch_size,
             batch_format="numpy",
             num_cpus=1,
             num_gpus=resources.gpus_per_worker,
-            compute=data.ActorPoolStrategy(size=resources.workers),
+            resources=dict(resources.worker_resources) or None,
+            # Elastic: Ray Data starts `min` actors and adds some, up to `max`, while batches
+            # queue (e.g. as an autoscaling cluster adds GPU nodes); idle ones go away.
+            compute=data.ActorPoolStrategy(min_size=workers.min, max_size=workers.max),
             max_task_retries=ENCODE_BATCH_RETRIES,
             **env,
         )
         .map_batches(
-            write_batch,
+            stages.write,
             fn_kwargs={"settings": settings},
             batch_size=settings.batch_size,
             batch_format="numpy",
             num_cpus=WRITE_TASK_CPUS,
-            compute=data.TaskPoolStrategy(size=WRITERS_PER_ENCODE_ACTOR * resources.workers),
+            compute=data.TaskPoolStrategy(size=WRITERS_PER_ENCODE_ACTOR * workers.max),
             **env,
         )
     )
+
+
+def _chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _decode_slots(resources: Resources) -> int:
+    """How many decode tasks may run at once: the cap, else the cluster's CPUs."""
+    import ray
+
+    if resources.decode_workers is not None:
+        return resources.decode_workers.max
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 def summarise(plan: IndexPlan, tally: _Tally, pipeline_s: float) -> IndexSummary:
@@ -453,23 +623,28 @@ def _is_ray_error(exc: BaseException) -> bool:
     return isinstance(exc, ray.exceptions.RayError)
 
 
-@contextmanager
-def _ray_connection(address: str | None, num_cpus: int | None) -> Iterator[None]:
-    """Reuse an initialised Ray (a notebook, a test, another Ray job); else join `address` or
-    start a local Ray, and shut it down afterwards."""
-    import ray
+class JobInterrupted(KeyboardInterrupt):
+    """SIGTERM stopped the job (raised like Ctrl-C's KeyboardInterrupt, and handled the same)."""
 
-    if ray.is_initialized():
+
+@contextmanager
+def _terminate_raises() -> Iterator[None]:
+    """SIGTERM raises `JobInterrupted` in the driver while the pipeline runs (in the main
+    thread only: Python runs signal handlers there), so the job records its end as Ctrl-C does
+    instead of vanishing with its videos pending. Installed after `ray.init`, which sets a
+    SIGTERM handler of its own; the previous handler comes back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    if address is None:
-        ray.init(num_cpus=num_cpus, include_dashboard=False)
-    else:
-        ray.init(address=address)
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise JobInterrupted(f"stopped by {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         yield
     finally:
-        ray.shutdown()
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager

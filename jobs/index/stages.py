@@ -1,6 +1,6 @@
 """The indexing job's Ray Data stages: what runs on the workers (`jobs.index.job` arranges them).
 
-    decode_row          map, CPU tasks      one video row -> its sampled frames (or its error)
+    decode_videos       map_batches, tasks  a block of videos -> their sampled frames (or errors)
     EncodeAndCompress   map_batches, actors a batch of videos -> token-set columns (or errors)
     write_batch         map_batches, tasks  a batch -> one Parquet file, then its catalog rows
 
@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -38,13 +39,13 @@ CHAOS_ENV = "TOKENREEL_CHAOS_EXIT_ONCE"
 
 @dataclass(frozen=True)
 class ModelLoader:
-    """How each encode actor gets its model, for models `load_video_llm` does not know by name
-    (a notebook's own checkpoint, a benchmark's random-weight model).
+    """How each encode actor gets its model, for models `load_video_encoder` does not know by
+    name (a notebook's own checkpoint, a benchmark's random-weight model).
 
     model_id: the id the catalog and the token sets carry; `load(device=...)` must return a
-    `VideoLLM` with that `model_id` (checked in every actor). load must be picklable (a module
-    function or a functools.partial of one). frame_size: the short side to decode frames to
-    (None: source size).
+    `VideoEncoder` (a whole `VideoLLM` is one too) with that `model_id` (checked in every
+    actor). load must be picklable (a module function or a functools.partial of one).
+    frame_size: the short side to decode frames to (None: source size).
     """
 
     model_id: str
@@ -53,12 +54,13 @@ class ModelLoader:
 
     @classmethod
     def by_name(cls, model: str) -> ModelLoader:
-        """A built-in tiny model, a hub id or a local checkpoint, via `load_video_llm`."""
+        """A built-in tiny model, a hub id or a local checkpoint, via `load_video_encoder`: the
+        actors load only the model's vision side (no language model weights on the workers)."""
         import functools
 
-        from compression.models import load_video_llm, model_frame_size
+        from compression.models import load_video_encoder, model_frame_size
 
-        return cls(model, functools.partial(load_video_llm, model), model_frame_size(model))
+        return cls(model, functools.partial(load_video_encoder, model), model_frame_size(model))
 
 
 @dataclass(frozen=True)
@@ -81,13 +83,36 @@ class StageSettings:
 
 # -- decode -----------------------------------------------------------------------------------
 
+_decode_pools: dict[int, ThreadPoolExecutor] = {}  # per worker process, by thread count
+
+
+def decode_videos(
+    batch: dict[str, np.ndarray], settings: DecodeSettings, threads: int
+) -> Iterator[dict[str, list]]:
+    """Decode stage: the videos of one block, `threads` at a time; yields the rows decoded so
+    far whenever one finishes, so Ray Data sizes the output blocks (not one block per video).
+
+    Each thread decodes in a child process of its own under the video's time limit
+    (`shared_decoder`), and each video's failure is its row's error: one bad video fails alone,
+    never its block. The threads mostly wait (on the child, on the network for a remote video),
+    which is why a task holding one CPU runs a few of them: fetching overlaps decoding.
+    """
+    pool = _decode_pools.get(threads)
+    if pool is None:  # kept for the worker's life, so its decoder children are reused
+        pool = _decode_pools[threads] = ThreadPoolExecutor(threads, "decode")
+    waiting = {pool.submit(decode_row, row, settings) for row in rows_of(batch)}
+    while waiting:
+        done, waiting = wait(waiting, return_when=FIRST_COMPLETED)
+        yield columns_of([future.result() for future in done])
+
 
 def decode_row(row: dict[str, Any], settings: DecodeSettings) -> dict[str, Any]:
-    """Fetch, hash and decode one video (time-limited); a failure is the row's `error`."""
+    """Fetch, hash and decode one video (time-limited); any failure is the row's `error`."""
     started = time.perf_counter()
     out = {
         "uri": row["uri"],
         "video_id": row["video_id"],
+        "fingerprint": row["fingerprint"],
         "content_hash": "",
         "frames": np.zeros((0, 1, 1, 3), np.uint8),
         "timestamps": np.zeros(0),
@@ -106,6 +131,8 @@ def decode_row(row: dict[str, Any], settings: DecodeSettings) -> dict[str, Any]:
         out["error"] = f"decode: {exc}"
     except OSError as exc:  # missing file, permission, network: the video's, not the job's
         out["error"] = f"read: {type(exc).__name__}: {exc}"
+    except Exception as exc:  # anything else is still this video's failure, not its block's
+        out["error"] = f"decode: {type(exc).__name__}: {exc}"
     out["decode_s"] = time.perf_counter() - started
     return out
 
@@ -157,6 +184,7 @@ class EncodeAndCompress:
         """The row's token-set columns, or its error (from decoding, encoding or compressing)."""
         out = {
             "uri": row["uri"],
+            "fingerprint": row["fingerprint"],
             "error": row["error"],
             "tokens_in": 0,
             "decode_s": float(row["decode_s"]),
@@ -241,7 +269,12 @@ def write_batch(batch: dict[str, np.ndarray], settings: StageSettings) -> dict[s
     if good:
         token_sets = [TokenSet.from_columns(row) for row in good]
         durations = [float(r["decode_s"] + r["encode_s"] + r["compress_s"]) for r in good]
-        locations = store.save(token_sets, run_id=settings.run_id, durations_s=durations)
+        # The fingerprint the source was listed with ("": unknown) is recorded with its token
+        # set, so that the next run re-indexes the video if the source changes.
+        fingerprints = [str(row["fingerprint"]) or None for row in good]
+        locations = store.save(
+            token_sets, run_id=settings.run_id, durations_s=durations, fingerprints=fingerprints
+        )
         for row, location, token_set in zip(good, locations, token_sets, strict=True):
             written[row["uri"]] = (location.kept_count, location.length)
             write_preview_quietly(settings.store_url, token_set, row["thumbnail"])

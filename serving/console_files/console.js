@@ -135,7 +135,7 @@ async function showLibrary() {
   const body = $("videos").tBodies[0];
   body.replaceChildren();
   for (const info of listing.data) {
-    const status = info.interrupted ? "interrupted" : info.status;
+    const status = info.status;
     const row = document.createElement("tr");
     row.dataset.videoId = info.video_id;
     row.dataset.status = status;
@@ -309,7 +309,8 @@ async function showVideo(videoId) {
   const id = encodeURIComponent(videoId);
   const info = await getJson(`/v1/videos/${id}`);
   const facts = {
-    status: info.interrupted ? "pending (its indexing run was interrupted)" : info.status,
+    status: info.status === "interrupted"
+      ? "interrupted (its indexing run stopped; a rerun resumes it)" : info.status,
     reason: info.error, model: info.model_id,
     "tokens in \u2192 kept": formatTokens(info), bytes: formatBytes(info.bytes),
     duration: formatSeconds(info.duration_s), frames: info.frames,

@@ -4,8 +4,9 @@ Plain Python loops over lists of floats (float64), no torch: an independent chec
 vectorised code. The tie rules are the ones the fast code documents:
 contribution ties -> lower index first; density ties -> lower index is denser; gamma ties ->
 lower index first; equally near centres -> lower centre index; a centre joins itself; the k
-nearest neighbours exclude the token itself (fewer than k others: all of them, mean over that
-count); DPC-KNN distances are Euclidean scaled by 1/sqrt(dim); cosine with a zero vector is 0.
+nearest neighbours include the token itself by default (the peers' convention; `dpc_knn` also
+has the "exclude_self" one); DPC-KNN distances are Euclidean scaled by 1/sqrt(dim); cosine with
+a zero vector is 0.
 
 Exact comparison with the float32 fast code: tests feed small-integer tokens (sums, squared
 distances and their sums are then exact in float32, and a mean of integers rounds the same way
@@ -69,25 +70,44 @@ def retention_pool(
     return pool
 
 
-def dpc_knn(tokens: list[Vector], num_clusters: int, k: int) -> tuple[list[int], list[int]]:
-    """(centres ascending, cluster of every token as a position in centres)."""
+def dpc_knn(
+    tokens: list[Vector], num_clusters: int, k: int, convention: str = "peers"
+) -> tuple[list[int], list[int]]:
+    """(centres ascending, cluster of every token as a position in centres).
+
+    "peers" is written from TCFormer's published description of DPC-KNN (Zeng et al., CVPR 2022,
+    Sec. 3.2, and its `cluster_dpc_knn`): rho_i = exp(-mean of d(i, j)^2 over the k nearest
+    neighbours j of i, the token itself among them at distance 0); delta_i = min over all j of
+    (d(i, j) if rho_j > rho_i else d_max), d_max the largest distance between any two tokens;
+    centres = the largest rho * delta; every other token joins its nearest centre. Where TCFormer
+    adds noise to rho to break ties, the lower index counts as denser. "exclude_self": the k
+    nearest OTHER tokens, and the densest token's delta is its own largest distance."""
     r = len(tokens)
     dim = len(tokens[0])
     # d(i, j)^2 = |x_i - x_j|^2 / dim. sq holds the integer |x_i - x_j|^2 (the tokens are
     # integers) and the division by dim happens once per sum, so equal neighbourhood sums stay
     # exactly equal and every "nearest" comparison is exact.
     sq = [[int(squared_distance(a, b)) for b in tokens] for a in tokens]
-    k_eff = min(k, r - 1)
-    rho = []
-    for i in range(r):
-        nearest = sorted(sq[i][j] for j in range(r) if j != i)[:k_eff]
-        rho.append(math.exp(-sum(nearest) / (k_eff * dim)) if k_eff else 1.0)
+    if convention == "peers":
+        neighbours = [sorted(sq[i])[: min(k, r)] for i in range(r)]  # self's 0 included
+    else:
+        neighbours = [sorted(sq[i][j] for j in range(r) if j != i)[:k] for i in range(r)]
+    crowding = [sum(n) for n in neighbours]  # the same count for every token: compare sums
+    rho = [math.exp(-sum(n) / (len(n) * dim)) if n else 1.0 for n in neighbours]
+
+    def denser(j: int, i: int) -> bool:
+        return (crowding[j], j) < (crowding[i], i)
+
+    d_max = max(max(row) for row in sq)
     delta = []
     for i in range(r):
-        denser = [j for j in range(r) if rho[j] > rho[i] or (rho[j] == rho[i] and j < i)]
-        others = denser or [j for j in range(r) if j != i]
-        pick = min if denser else max
-        delta.append(math.sqrt(pick((sq[i][j] for j in others), default=0) / dim))
+        if convention == "peers":
+            candidates = [sq[i][j] if denser(j, i) else d_max for j in range(r)]
+            delta.append(math.sqrt(min(candidates) / dim))
+        else:
+            nearer = [sq[i][j] for j in range(r) if denser(j, i)]
+            farthest = max((sq[i][j] for j in range(r) if j != i), default=0)
+            delta.append(math.sqrt((min(nearer) if nearer else farthest) / dim))
     gamma = [rho[i] * delta[i] for i in range(r)]
     centres = sorted(sorted(range(r), key=lambda i: (-gamma[i], i))[:num_clusters])
     labels = []

@@ -150,8 +150,14 @@ def test_rayservice_upgrades_without_downtime(overlay: tuple[str, list[Manifest]
         assert "readinessProbe" in container and "livenessProbe" in container, group
 
 
-def _flag(argv: list[str], name: str) -> int:
-    return int(argv[argv.index(name) + 1])
+def _flag(argv: list[str], name: str) -> float:
+    return float(argv[argv.index(name) + 1])
+
+
+def _pool(argv: list[str], name: str) -> tuple[int, int]:
+    """(MIN, MAX) of an N or MIN:MAX pool option."""
+    low, _, high = argv[argv.index(name) + 1].partition(":")
+    return int(low), int(high or low)
 
 
 @pytest.mark.parametrize("name", ["dev", "prod"])
@@ -161,9 +167,15 @@ def test_gpu_settings_agree(rendered: dict, name: str) -> None:
     argv = shlex.split(job["spec"]["entrypoint"])
     encode = worker_group(job, "encode")
     encode_gpus = gpus(encode["template"]["spec"]["containers"][0])
-    # The encode actors' GPUs must fit in the encode group at its largest.
-    gpus_needed = _flag(argv, "--workers") * _flag(argv, "--gpus-per-worker")
+    # The encode actors' GPUs, at the elastic pool's largest, must fit in the encode group at
+    # its largest; and the pool is elastic where the group has room to grow (prod).
+    smallest, largest = _pool(argv, "--workers")
+    gpus_needed = largest * _flag(argv, "--gpus-per-worker")
     assert gpus_needed <= encode["maxReplicas"] * encode_gpus
+    if name == "prod":
+        assert smallest < largest, "the GPU encode pool grows and shrinks with its group"
+    # The groups start at zero pods: a check of the resources present at start would refuse.
+    assert "--skip-resource-check" in argv
     assert (_flag(argv, "--gpus-per-worker") > 0) == (encode_gpus > 0)
 
     (app,) = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]

@@ -61,3 +61,28 @@ def test_broken_serve_config_is_rejected(rendered: dict) -> None:
     del config["applications"][0]["import_path"]
     with pytest.raises(ValidationError):
         ServeDeploySchema.model_validate(config)
+
+
+def _probes(objects: list[Manifest]) -> list[tuple[str, int]]:
+    spec = one(objects, "RayService")["spec"]["rayClusterConfig"]
+    pods = [spec["headGroupSpec"]["template"], *(g["template"] for g in spec["workerGroupSpecs"])]
+    return [
+        (probe["httpGet"]["path"], probe["httpGet"]["port"])
+        for pod in pods
+        for container in pod["spec"]["containers"]
+        for kind in ("readinessProbe", "livenessProbe")
+        if (probe := container.get(kind)) and "httpGet" in probe
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(KUSTOMIZATIONS))
+def test_serve_pods_are_ready_when_a_model_replica_answers(rendered: dict, name: str) -> None:
+    from serving.api import router
+    from serving.middleware import UNAUTHENTICATED_PATHS
+
+    serve_port = _serve_config(rendered[name])["http_options"]["port"]
+    on_serve_port = [path for path, port in _probes(rendered[name]) if port == serve_port]
+    assert on_serve_port == ["/readyz"]
+    # the path is the service's own readiness route, open without the API key
+    assert "/readyz" in {route.path for route in router.routes}
+    assert "/readyz" in UNAUTHENTICATED_PATHS

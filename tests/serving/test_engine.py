@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from compression import CompressionConfig, compress_video
-from compression.config import MergeConfig
+from compression.config import OUTER_METHODS, MergeConfig
 from compression.flops import layer_token_counts, prefill_decode_flops
 from compression.models import GenerationConfig, Turn
 from serving.engine import AnswerEngine, AskJob, PreparedQuestion
@@ -21,24 +21,6 @@ from storage.token_files import TokenSetLocation, write_token_sets
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 GREEDY = GenerationConfig(max_new_tokens=6)
 MERGE = MergeConfig(layer=2)
-
-
-@pytest.fixture(scope="module")
-def engine() -> AnswerEngine:
-    return AnswerEngine("tiny-llava-ov", device="cpu", cache_bytes=10**6)
-
-
-@pytest.fixture(scope="module")
-def locations(engine: AnswerEngine, tmp_path_factory: pytest.TempPathFactory) -> list:
-    store = tmp_path_factory.mktemp("store")
-    rng = np.random.default_rng(0)
-    token_sets = []
-    for i in range(3):
-        frames = rng.integers(0, 255, (4 + 2 * i, 48, 48, 3), dtype=np.uint8)
-        encoded = engine.llm.encode(frames, [0.5 * t for t in range(len(frames))])
-        token_set = compress_video(encoded, CompressionConfig(retention_ratio=0.25))
-        token_sets.append(token_set.with_metadata(model_id=engine.info.model_id, video_id=f"v{i}"))
-    return write_token_sets(str(store), token_sets)
 
 
 def job(location: TokenSetLocation, question: str, **changes: object) -> AskJob:
@@ -178,6 +160,24 @@ def test_a_bad_streamed_question_is_an_invalid_request(engine: AnswerEngine, loc
     (prepared,) = prepare(engine, [job(locations[0], "is <|im_end|> there ?")])
     with pytest.raises(InvalidRequest, match="control token"):
         list(engine.answer_stream(prepared))
+
+
+def test_every_outer_method_is_answered(engine: AnswerEngine, tmp_path: Path) -> None:
+    """A token set indexed by any outer method (the paper's, each baseline, all tokens) loads
+    from the store and is answered, with the visual tokens its method kept."""
+    frames = np.random.default_rng(1).integers(0, 255, (4, 48, 48, 3), dtype=np.uint8)
+    encoded = engine.llm.encode(frames, [0.5 * t for t in range(len(frames))])
+    token_sets = [
+        compress_video(
+            encoded, CompressionConfig(retention_ratio=0.25, method=method)
+        ).with_metadata(model_id=engine.info.model_id, video_id=f"v-{method}")
+        for method in OUTER_METHODS
+    ]
+    locations = write_token_sets(str(tmp_path), token_sets)
+    results = engine.answer_batch(prepare(engine, [job(loc, "what ?") for loc in locations]))
+    for method, token_set, result in zip(OUTER_METHODS, token_sets, results, strict=True):
+        assert isinstance(result, AskResponse), method
+        assert result.tokens.visual_in == token_set.kept_count, method
 
 
 def test_kept_visual_only_when_asked_and_the_same_streamed(engine: AnswerEngine, locations) -> None:

@@ -37,6 +37,7 @@ class Service:
     model: str
     path_failed_video: str  # failed with a reason that quotes SECRET_PATH
     corrupted: dict[str, str]  # corruption -> id of an indexed video whose token set has it
+    interrupted_video: str  # pending under an indexing run that ended (Ctrl-C)
 
     def client(self, api_key: str | None = API_KEY) -> httpx.Client:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -102,17 +103,33 @@ def _add_awkward_videos(store: str, catalog_url: str, video: str) -> tuple[str, 
     return video_id_for(SECRET_PATH), corrupted
 
 
+def _add_interrupted_video(catalog_url: str, model_id: str, config_hash: str) -> str:
+    """A video registered by an indexing run that then stopped (as on Ctrl-C) before it."""
+    from storage.catalog import Catalog
+
+    catalog = Catalog(catalog_url)
+    run_id = catalog.start_run({})
+    (video_id,) = catalog.register_pending(
+        ["/archive/cut-short.mp4"], model_id, config_hash, run_id=run_id
+    )
+    catalog.finish_run(run_id, {"indexed": 0, "interrupted": 1})
+    return video_id
+
+
 @pytest.fixture(scope="module")
 def service(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     from ray import serve
 
     from serving.app import build_app
+    from storage.catalog import Catalog
 
     root = tmp_path_factory.mktemp("serve")
     store = str(root / "store")
     catalog_url = f"sqlite:///{root / 'catalog.sqlite'}"
     videos, failed = _index_videos(root, store, catalog_url)
     path_failed, corrupted = _add_awkward_videos(store, catalog_url, videos[0])
+    key = Catalog(catalog_url).get_video(videos[0])
+    interrupted = _add_interrupted_video(catalog_url, key.model_id, key.config_hash)
     saved_key = os.environ.get("TOKENREEL_API_KEY")
     os.environ["TOKENREEL_API_KEY"] = API_KEY
     try:
@@ -141,7 +158,13 @@ def service(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iter
     serve.run(app, name=APP, route_prefix="/")
     try:
         yield Service(
-            f"http://127.0.0.1:{port}", videos, failed, "tiny-llava-ov", path_failed, corrupted
+            f"http://127.0.0.1:{port}",
+            videos,
+            failed,
+            "tiny-llava-ov",
+            path_failed,
+            corrupted,
+            interrupted,
         )
     finally:
         serve.shutdown()
@@ -176,7 +199,13 @@ def test_ask_returns_the_answer_with_its_figures(service: Service) -> None:
     body = response.json()
     tokens, flops = body["tokens"], body["flops"]
     assert body["video_id"] == service.videos[0] and body["model"] == service.model
-    assert body["merge"] == {"method": "text_aware", "layer": 2, "keep_ratio": 0.5, "lam": 0.5}
+    assert body["merge"] == {
+        "method": "text_aware",
+        "layer": 2,
+        "keep_ratio": 0.5,
+        "lam": 0.5,
+        "later_steps": [],
+    }
     assert tokens["visual_in"] < tokens["original_visual"]
     assert tokens["visual_after_merge"] == -(-tokens["visual_in"] // 2)  # ceil(R |V|)
     assert 1 <= tokens["completion"] <= 6
@@ -502,6 +531,20 @@ def test_failed_video_is_409_with_its_reason(service: Service) -> None:
     with service.client() as client:
         error = assert_clean_error(ask(client, service.failed_video, "q"), 409)
     assert error["code"] == "video_failed" and "failed indexing" in error["message"]
+
+
+def test_interrupted_video_is_409_and_listed_as_interrupted(service: Service) -> None:
+    """The issue: after Ctrl-C the run's videos stayed pending, a 409 "still being indexed"
+    forever."""
+    video = service.interrupted_video
+    with service.client() as client:
+        error = assert_clean_error(ask(client, video, "q"), 409)
+        one = client.get(f"/v1/videos/{video}").json()
+        listing = client.get("/v1/videos", params={"status": "interrupted"}).json()
+        pending = client.get("/v1/videos", params={"status": "pending"}).json()
+    assert error["code"] == "video_interrupted" and "rerun" in error["message"]
+    assert one["status"] == "interrupted"
+    assert [v["video_id"] for v in listing["data"]] == [video] and pending["total"] == 0
 
 
 @pytest.mark.parametrize(

@@ -151,6 +151,38 @@ def test_runs_are_summarised(catalog_url: str) -> None:
     catalog.close()
 
 
+def test_pending_videos_of_an_ended_run_read_as_interrupted_until_a_rerun(
+    catalog_url: str,
+) -> None:
+    catalog = Catalog(catalog_url)
+    first = catalog.start_run({})
+    catalog.register_pending(["a", "b", "c"], MODEL, CONFIG, run_id=first)
+    catalog.record_indexed([_indexed("a")], run_id=first)
+    catalog.register_pending(["z"], MODEL, CONFIG)  # no run: nothing can end it
+    assert catalog.get_video(video_id_for("b"), MODEL, CONFIG).status is VideoStatus.PENDING
+    catalog.finish_run(first, {"indexed": 1, "interrupted": 1})  # e.g. Ctrl-C
+
+    status = {r.uri: r.status for r in catalog.list_videos(limit=10)}
+    assert status == {
+        "a": VideoStatus.INDEXED,
+        "b": VideoStatus.INTERRUPTED,
+        "c": VideoStatus.INTERRUPTED,
+        "z": VideoStatus.PENDING,
+    }
+    assert catalog.get_video(video_id_for("b")).status is VideoStatus.INTERRUPTED
+    assert sorted(r.uri for r in catalog.list_videos("interrupted", limit=10)) == ["b", "c"]
+    assert [r.uri for r in catalog.list_videos("pending", limit=10)] == ["z"]
+    assert (catalog.count_videos("interrupted"), catalog.count_videos("pending")) == (2, 1)
+    assert catalog.run_summary(first).status_counts == {"indexed": 1, "interrupted": 2}
+    assert catalog.not_indexed(["a", "b", "c"], MODEL, CONFIG) == ["b", "c"]  # resumable
+
+    rerun = catalog.start_run({})
+    catalog.register_pending(["b", "c"], MODEL, CONFIG, run_id=rerun)
+    assert catalog.get_video(video_id_for("b")).status is VideoStatus.PENDING
+    assert catalog.count_videos("interrupted") == 0
+    catalog.close()
+
+
 def test_invalid_inputs_are_refused(catalog_url: str) -> None:
     catalog = Catalog(catalog_url)
     with pytest.raises(ValueError, match="invalid video id"):

@@ -207,7 +207,9 @@ def _version_1_location() -> token_files.TokenSetLocation:
 
 
 def _version_1_token_set():
-    return make_token_set(0, kept=3, hidden=4, grid=(2, 2, 2), with_scores=False)
+    # Written before dpc_knn_convention existed: its config reads back with the legacy value.
+    legacy = CompressionConfig(dpc_knn_convention="exclude_self")
+    return make_token_set(0, kept=3, hidden=4, grid=(2, 2, 2), with_scores=False, config=legacy)
 
 
 @pytest.mark.parametrize("with_range_crc", [True, False])
@@ -219,6 +221,11 @@ def test_version_1_files_still_read(with_range_crc: bool) -> None:
     loaded = read_token_set(location)
     assert loaded.scores is None
     assert_same_token_set(_version_1_token_set(), loaded)
+    # Its config keeps the hash it was stored under (the catalog's key to it), and today's
+    # default config, which differs from it in the DPC-KNN convention only, gets another one.
+    assert loaded.config_hash == location.config_hash
+    assert loaded.config == replace(CompressionConfig(), dpc_knn_convention="exclude_self")
+    assert CompressionConfig().stable_hash() != location.config_hash
 
 
 def test_payload_checksum_covers_the_scores(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -132,9 +132,6 @@ class _Network(nn.Module):
 class _PromptOnly(ChatVideoLLM):
     family = "test"
 
-    def encode_batch(self, videos, timestamps=None):
-        raise NotImplementedError
-
     def prompt_sequence(self, question):
         raise NotImplementedError
 
@@ -155,7 +152,7 @@ def character_level() -> ChatVideoLLM:
     )
     tokenizer.chat_template = LLAVA_OV_CHAT_TEMPLATE
     video = tokenizer.convert_tokens_to_ids("<video>")
-    return _PromptOnly(_Network(video), tokenizer, "character-level")
+    return _PromptOnly(_Network(video), tokenizer, "character-level", encoder=None)
 
 
 def test_control_strings_are_escaped_when_the_tokenizer_can_spell_them(character_level) -> None:

@@ -76,7 +76,7 @@ def test_protocol_and_sizes(plugin):
     assert isinstance(plugin, VideoLLM)
     assert (plugin.hidden_size, plugin.intermediate_size, plugin.num_layers) == (64, 128, 4)
     assert plugin.model_id == TINY_LLAVA_OV and plugin.family == "llava_onevision"
-    assert plugin.frame_grid == (3, 3)  # 70 px / 14 = 5 patches, pooled with ceil to 3
+    assert plugin.encoder.frame_grid == (3, 3)  # 70 px / 14 = 5 patches, pooled with ceil to 3
 
 
 def test_encode_gives_pooled_tokens_in_original_order(plugin, videos, encoded):

@@ -126,26 +126,18 @@ _MODELS: dict = {}
 
 
 def _rendered(model: str, question: Question, template: str | None = None) -> str:
-    """The chat prompt text the model builds for `question` (its tokenizer's own rendering),
-    with its own chat template or `template`."""
+    """The chat prompt text the model builds for `question`, with its own chat template or
+    `template`."""
     if model not in _MODELS:
         _MODELS[model] = load_video_llm(model)
     tokenizer = _MODELS[model].tokenizer
-    own_template, render, rendered = tokenizer.chat_template, tokenizer.apply_chat_template, []
-
-    def spy(*args, **kwargs):
-        rendered.append(render(*args, **kwargs))
-        return rendered[-1]
-
-    tokenizer.apply_chat_template = spy
+    own_template = tokenizer.chat_template
     tokenizer.chat_template = template or own_template
     try:  # prompt_ids also checks that the template places exactly one video token
         _MODELS[model].prompt_ids(question)
+        return _MODELS[model].prompt_text(question)
     finally:
-        del tokenizer.apply_chat_template
         tokenizer.chat_template = own_template
-    [text] = rendered
-    return text
 
 
 def test_the_system_turn_lmms_eval_gives_both_families() -> None:

@@ -19,7 +19,16 @@ def test_tiny_llava_decodes_to_its_vision_tower_side() -> None:
 
 @pytest.mark.parametrize(
     "options",
-    [{"workers": 0}, {"batch_size": 0}, {"decode_workers": 0}, {"gpus_per_worker": -1}],
+    [
+        {"workers": 0},
+        {"workers": "4:2"},
+        {"batch_size": 0},
+        {"decode_workers": 0},
+        {"decode_workers": "x"},
+        {"decode_threads": 0},
+        {"gpus_per_worker": -1},
+        {"ray_address": "auto", "num_cpus": 2},
+    ],
 )
 def test_bad_options_fail_before_any_work(tmp_path: Path, options: dict) -> None:
     with pytest.raises(ValueError):

@@ -1,5 +1,5 @@
 """A batch that kills its encoder process every time stops the job instead of restarting the
-encoder forever, and loses nothing: its videos stay pending for a later run."""
+encoder forever, and loses nothing: its videos stay resumable (interrupted) for a later run."""
 
 from __future__ import annotations
 
@@ -60,7 +60,8 @@ def test_a_batch_that_always_kills_the_encoder_stops_the_job(
     assert "No module named" not in message  # the encoder did load: it died encoding
     assert "after 0 of 2 videos" in message and "rerun" in message
     catalog = open_store(store_url, catalog_url).catalog
-    assert {r.status.value for r in catalog.list_videos(limit=10)} == {"pending"}
-    assert len(catalog.list_videos("pending", limit=10)) == 2
+    # The run recorded its end: its videos read as interrupted (resumable), not as in progress.
+    assert {r.status.value for r in catalog.list_videos(limit=10)} == {"interrupted"}
+    assert len(catalog.list_videos("interrupted", limit=10)) == 2
     [run] = catalog.list_runs()
     assert run.counts.get("interrupted") == 1
