@@ -196,8 +196,9 @@ class AskResponse(BaseModel):
     )
     kept_visual: list[int] | None = Field(
         default=None,
-        description="rows of the token set the merge kept after its last step (Fig. S2); only "
-        "with `include_kept_visual`, null when no merge ran",
+        description="rows of the token set the merge kept after its last step (Fig. S2), in "
+        "the order of GET /v1/videos/{id}/tokens (with a time range: of the token set built "
+        "for the range); only with `include_kept_visual`, null when no merge ran",
     )
 
 

@@ -129,7 +129,11 @@ def _native_stderr_to_file(command: str) -> Path | None:
     """Point file descriptor 2 (what C/C++ code and child processes write to) at a log file,
     and `sys.stderr` (Python's own: the progress bar, error lines, the loggers' stream
     handlers) at a copy of the terminal's descriptor, so only Python-level output that passed
-    our filters reaches the terminal. The file is removed at exit when nothing was written."""
+    our filters reaches the terminal. The file is removed at exit when nothing was written.
+    Only in a process whose stderr is still the one it started with: a caller that captures it
+    (a test, a notebook calling `main`) keeps what it set up."""
+    if sys.stderr is not sys.__stderr__:
+        return None
     try:
         NATIVE_LOG_DIR.mkdir(parents=True, exist_ok=True)
         path = NATIVE_LOG_DIR / f"{command}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
