@@ -50,7 +50,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))
 sys.path.insert(0, str(BENCH_DIR))
 
-from gpu_suite import answer_load  # noqa: E402
+from gpu_suite import answer_load, continuous_load  # noqa: E402
 
 from compression import CompressionConfig, compress_video  # noqa: E402
 from compression.config import MergeConfig, default_merge_layer  # noqa: E402
@@ -147,57 +147,6 @@ def make_jobs(locations, count: int, merge: MergeConfig, seed: int) -> list[AskJ
         )
         for loc in (rng.choice(locations) for _ in range(count))
     ]
-
-
-def continuous_load(
-    engine: AnswerEngine,
-    jobs: Sequence[AskJob],
-    concurrency: int,
-    *,
-    stream: bool,
-    prefix_cache_bytes: int = 0,
-) -> dict[str, Any]:
-    """Closed-loop clients over `serving.scheduler` (the replica's path); `stream`: consume
-    every piece as a streamed answer would (`ask_stream`), else only the final answer."""
-    scheduler = RequestScheduler(
-        engine,
-        engine.llm.continuous_batch(prefix_cache_bytes),
-        max_running=concurrency,
-        wait_for_company_s=0.02,
-    )
-    latencies: list[float] = []
-    completions: list[int] = []
-    batch_sizes: list[int] = []
-
-    async def run() -> float:
-        pending = iter(jobs)
-
-        async def client() -> None:
-            for job in pending:
-                started = time.perf_counter()
-                prepared = await engine.prepare(job)
-                response = None
-                async for item in scheduler.submit(prepared):
-                    if isinstance(item, AskResponse):
-                        response = item
-                    elif not stream:
-                        continue
-                assert response is not None
-                latencies.append(time.perf_counter() - started)
-                completions.append(response.tokens.completion)
-                batch_sizes.append(response.batch_size)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(concurrency)))
-        return time.perf_counter() - started
-
-    wall = asyncio.run(run())
-    return {
-        "latencies_s": latencies,
-        "completion_tokens": completions,
-        "batch_sizes": batch_sizes,
-        "wall_s": wall,
-    }
 
 
 def measured(run: Any) -> dict[str, Any]:

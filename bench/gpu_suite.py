@@ -24,13 +24,15 @@ and the smaller sizes of `SMOKE`, in about a minute: it proves the plumbing, not
   answer   `bench_answer`'s cases on one encoded video: all tokens (no merge), 2%, 2%/1% (merge
            at K = `default_merge_layer`, 18 for 28 layers, R = 0.5), FastV 100%/2% at its own
            K = 2; TTFT, decode tokens/s, peak memory (with the weights); HF `generate` over all
-           tokens (what a user runs today). "Repeated question with prefix reuse": reported as
-           not available (no prefix reuse exists yet).
+           tokens (what a user runs today).
   serve    `serving.engine.AnswerEngine` without Ray: compressed token sets of 8 videos written
-           with `storage.token_files`, read through `prepare`, answered by `answer_batch` in
-           batches formed as `@serve.batch` forms them (`answer_load`, the one function the
-           continuous-batching scheduler will replace) at 1/16/64 concurrent questions:
-           questions/s, p50/p99 latency, mean batch.
+           with `storage.token_files`, read through `prepare`, at 1/16/64 concurrent questions,
+           answered two ways on the same questions: continuous batching (`continuous_load`: the
+           model replica's `serving.scheduler.RequestScheduler`) and the static batches the
+           replica formed before it (`answer_load`: `@serve.batch`'s grouping, each batch run to
+           its longest answer); questions/s, p50/p99 latency, mean batch. Then a repeated question
+           over one video with and without the per-video prefix cache
+           (`bench_batching.prefix_scenario`): TTFT and prefill FLOPs from the layer shapes.
 
 Each section runs in its own child process (same process group) with a time cap: a failure or a
 timeout is reported with the figures it had, and the next section still runs. A section checks
@@ -45,10 +47,11 @@ the 68 s a 0.9 B build takes on the 2-core CPU box, milliseconds on the GPU) and
            (~0.6 TFLOP per 384 x 384 frame) ~ 15 s, plus start and build;
   outer    75 s cap: 3 sizes x (4 single + 2 batched runs of 8), the largest (25,088 tokens,
            DPC-KNN's fp32 distances ~ 2 x 4.5 TFLOP) under a second per video: ~ 30 s;
-  answer  150 s cap: 4 cases x 4 runs x (prefill <= 0.3 s + 31 decode steps of ~30 ms) ~ 20 s,
+  answer  120 s cap: 4 cases x 4 runs x (prefill <= 0.3 s + 31 decode steps of ~30 ms) ~ 20 s,
            HF generate ~ 10 s, plus start, build and one encode: ~ 60 s expected;
-  serve    90 s cap: 8 encodes + compress + store, then 1 + 8 (c = 1), 16 + 32 (c = 16) and
-           64 + 128 (c = 64) questions of 32 tokens at 2%/1% in batches of c: ~ 50 s.
+  serve   120 s cap: 8 encodes + compress + store, then 1 + 8 (c = 1), 16 + 32 (c = 16) and
+           64 + 128 (c = 64) questions of 32 tokens at 2%/1%, twice (continuous, static): ~ 90 s;
+           the prefix-reuse pair: ~ 5 s.
 Caps add up to 390 s; with the wheel install the device command stays under 8 minutes (its
 timeout_s is 480), leaving room in a 15-minute lease for a rerun of the sections that failed
 (`--sections NAME ...`). The exact device command is in BENCHMARKS.md, the wheels it carries
@@ -91,7 +94,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 
 SECTIONS = ("encoder", "outer", "answer", "serve")
-CAPS_S = {"encoder": 75.0, "outer": 75.0, "answer": 150.0, "serve": 90.0}
+CAPS_S = {"encoder": 75.0, "outer": 75.0, "answer": 120.0, "serve": 120.0}
 FORBIDDEN_MODULES = ("ray", "s3fs", "sqlalchemy", "boto3", "botocore")
 RESULT_FILES = ("gpu_suite.json", "gpu_suite.md", "gpu_suite.log")
 
@@ -400,14 +403,6 @@ def section_answer(run: SectionRun, scale: Scale, device: Any) -> None:
                 "decode_tok_s": decode_tok_s,
             }
         )
-    run.add_row(
-        {
-            "key": "prefix_reuse",
-            "name": "repeated question, prefix reuse",
-            "status": "not available",
-            "reason": "no prefix (KV-cache) reuse between questions exists in compression.models",
-        }
-    )
 
 
 def answer_load(
@@ -422,8 +417,9 @@ def answer_load(
     `@serve.batch` does (up to `max_batch_size`, waiting at most `batch_wait_s` after the first)
     and answers each group with `engine.answer_batch` in a thread, one group at a time.
 
-    The one function the continuous-batching scheduler replaces. Returns per-question latencies
-    (prepare to answer), the batch sizes, completion lengths and the wall time."""
+    The static path the continuous-batching scheduler replaced (the baseline of
+    `continuous_load`). Returns per-question latencies (prepare to answer), the batch sizes,
+    completion lengths and the wall time."""
     return asyncio.run(_answer_load(engine, jobs, concurrency, max_batch_size, batch_wait_s))
 
 
@@ -488,6 +484,65 @@ async def _answer_load(
     }
 
 
+def continuous_load(
+    engine: Any,
+    jobs: Sequence[Any],
+    concurrency: int,
+    *,
+    stream: bool = False,
+    prefix_cache_bytes: int = 0,
+    wait_for_company_s: float = BATCH_WAIT_S,
+) -> dict[str, Any]:
+    """`concurrency` closed-loop clients ask `jobs` through `serving.scheduler.RequestScheduler`
+    (the model replica's path: questions join the running batch between decoding steps and leave
+    when done), at most `concurrency` running; `stream`: every piece is taken as a streamed
+    answer takes it, else only the final answer. Returns what `answer_load` returns, the batch
+    size being the running batch's right after each question joined."""
+    from serving.scheduler import RequestScheduler
+    from serving.schemas import AskResponse
+
+    scheduler = RequestScheduler(
+        engine,
+        engine.llm.continuous_batch(prefix_cache_bytes),
+        max_running=concurrency,
+        wait_for_company_s=wait_for_company_s,
+    )
+    latencies: list[float] = []
+    completions: list[int] = []
+    batch_sizes: list[int] = []
+
+    async def run() -> float:
+        pending = iter(jobs)  # shared: each client takes the next question
+
+        async def client() -> None:
+            for job in pending:
+                started = time.perf_counter()
+                prepared = await engine.prepare(job)
+                response = None
+                async for item in scheduler.submit(prepared):
+                    if isinstance(item, AskResponse):
+                        response = item
+                    elif not stream:
+                        continue
+                if response is None:
+                    raise RuntimeError("the scheduler ended a question without its answer")
+                latencies.append(time.perf_counter() - started)
+                completions.append(response.tokens.completion)
+                batch_sizes.append(response.batch_size)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        return time.perf_counter() - started
+
+    wall = asyncio.run(run())
+    return {
+        "latencies_s": latencies,
+        "batch_sizes": batch_sizes,
+        "completion_tokens": completions,
+        "wall_s": wall,
+    }
+
+
 def section_serve(run: SectionRun, scale: Scale, device: Any) -> None:
     import numpy as np
 
@@ -508,12 +563,15 @@ def section_serve(run: SectionRun, scale: Scale, device: Any) -> None:
         for i, video in enumerate(encoded)
     ]
     merge = MergeConfig(layer=default_merge_layer(llm.num_layers), keep_ratio=KEEP_RATIO)
-    generation = GenerationConfig(max_new_tokens=scale.new_tokens)
+    # Mixed answer lengths (4-64 new tokens at the GPU scale), as a replica sees them: where a
+    # static batch runs to its longest answer and continuous batching lets the short ones leave.
+    lengths = [max(1, scale.new_tokens * k // 8) for k in (1, 4, 8, 16)]
+    generations = [GenerationConfig(max_new_tokens=n) for n in lengths]
     run.note(
         videos=len(token_sets),
         kept_tokens=token_sets[0].kept_count,
         merge_layer=merge.layer,
-        new_tokens=scale.new_tokens,
+        new_tokens=lengths,
         batch_wait_s=BATCH_WAIT_S,
     )
     with tempfile.TemporaryDirectory(prefix="gpu-suite-store-") as store:
@@ -528,29 +586,51 @@ def section_serve(run: SectionRun, scale: Scale, device: Any) -> None:
                     SERVE_QUESTIONS[i % len(SERVE_QUESTIONS)],
                     None,
                     merge,
-                    generation,
+                    generations[i % len(generations)],
                 )
                 for i in range(count)
             ]
 
+        loads: dict[str, Callable[[Any, list[Any], int], dict[str, Any]]] = {
+            "continuous": continuous_load,
+            "static": lambda engine, jobs, c: answer_load(engine, jobs, c, max_batch_size=c),
+        }
         for concurrency in scale.concurrency:
-            if run.out_of_time(f"{concurrency} concurrent questions"):
-                continue
-            # Warm-up: fills the cache, and the allocator at this batch size.
-            answer_load(engine, jobs(concurrency), concurrency, concurrency)
-            requests = max(8, 2 * concurrency)
-            load = answer_load(engine, jobs(requests), concurrency, concurrency)
-            latencies = load["latencies_s"]
-            run.add_row(
-                {
-                    "concurrency": concurrency,
-                    "max_batch_size": concurrency,
-                    "requests": len(latencies),
-                    "p50_s": float(np.percentile(latencies, 50)),
-                    "p99_s": float(np.percentile(latencies, 99)),
-                    "questions_per_s": len(latencies) / load["wall_s"],
-                    "mean_batch": statistics.fmean(load["batch_sizes"]),
-                    "mean_completion_tokens": statistics.fmean(load["completion_tokens"]),
+            for scheduler, load_fn in loads.items():
+                if run.out_of_time(f"{concurrency} concurrent questions, {scheduler}"):
+                    continue
+                # Warm-up: fills the cache, and the allocator at this batch size.
+                load_fn(engine, jobs(concurrency), concurrency)
+                requests = max(8, 2 * concurrency)
+                load = load_fn(engine, jobs(requests), concurrency)
+                latencies = load["latencies_s"]
+                run.add_row(
+                    {
+                        "scheduler": scheduler,
+                        "concurrency": concurrency,
+                        "max_batch_size": concurrency,
+                        "requests": len(latencies),
+                        "p50_s": float(np.percentile(latencies, 50)),
+                        "p99_s": float(np.percentile(latencies, 99)),
+                        "questions_per_s": len(latencies) / load["wall_s"],
+                        "mean_batch": statistics.fmean(load["batch_sizes"]),
+                        "mean_completion_tokens": statistics.fmean(load["completion_tokens"]),
+                    }
+                )
+        if not run.out_of_time("repeated question, prefix reuse"):
+            from bench_batching import prefix_scenario
+
+            reuse = prefix_scenario(engine, locations[0], merge, repeats=scale.repeats + 1)
+            run.note(
+                prefix_reuse={
+                    "ttft_without_s": reuse["without"]["ttft_p50_s"],
+                    "ttft_with_s": reuse["with"]["ttft_p50_s"],
+                    "cached_prompt_tokens": reuse["with"]["cached_prompt_tokens"],
+                    "prompt_rows": reuse["prompt_rows"],
+                    "prefix_rows": reuse["prefix_rows"],
+                    "expected_flops_drop": reuse["expected_drop"],
+                    "flops_drop": reuse["flops_drop"],
+                    "same_answers": reuse["same_answers"],
                 }
             )
 
@@ -682,6 +762,18 @@ GOALS = {">=": lambda x, y: x >= y, "<=": lambda x, y: x <= y, "<": lambda x, y:
 ONE_GB_IN_GIB = 1e9 / 2**30
 
 
+def serving_pairs(report: dict) -> list[tuple[int, dict, dict]]:
+    """(concurrency, continuous row, static row) at 16+ concurrent questions, where the
+    continuous-batching targets apply."""
+    rows = _rows(report, "serve")
+    by = {(r.get("scheduler"), r["concurrency"]): r for r in rows}
+    return [
+        (c, by[("continuous", c)], by[("static", c)])
+        for c in sorted({r["concurrency"] for r in rows})
+        if c >= 16 and ("continuous", c) in by and ("static", c) in by
+    ]
+
+
 def _target(name: str, measured: float | None, op: str, goal: float, note: str = "") -> dict:
     met = None if measured is None else bool(GOALS[op](measured, goal))
     return {"target": name, "measured": measured, "goal": f"{op} {goal:.3g}", "met": met} | (
@@ -731,6 +823,33 @@ def targets(report: dict) -> list[dict]:
     for row in _rows(report, "encoder"):
         name = f"score hook overhead %, {row['videos']} videos"
         out.append(_target(name, row["hook_overhead_pct"], "<", 10))
+    for concurrency, continuous, static in serving_pairs(report):
+        out.append(
+            _target(
+                f"continuous / static questions/s, {concurrency} concurrent",
+                _ratio(continuous["questions_per_s"], static["questions_per_s"]),
+                ">=",
+                1.5,
+            )
+        )
+        out.append(
+            _target(
+                f"continuous / static p99, {concurrency} concurrent",
+                _ratio(continuous["p99_s"], static["p99_s"]),
+                "<=",
+                0.7,
+            )
+        )
+    reuse = (report["sections"].get("serve") or {}).get("prefix_reuse")
+    if reuse:
+        out.append(
+            _target(
+                "prefill FLOPs drop with prefix reuse - prefix share below K",
+                reuse["flops_drop"] - reuse["expected_flops_drop"],
+                ">=",
+                0.0,
+            )
+        )
     note = "not measured here: needs Ray (bench/bench_index.py)"
     out.append(_target("indexing / bare encoder", None, ">=", 0.9, note))
     return out
@@ -845,26 +964,46 @@ def markdown(report: dict) -> str:
         ]
     if "serve" in sections:
         serve = sections["serve"]
-        one = next((r for r in serve["rows"] if r["concurrency"] == 1), {})
+        ones = {r["scheduler"]: r for r in serve["rows"] if r["concurrency"] == 1}
+
+        def per_one(row: dict) -> float | None:
+            return _ratio(
+                row["questions_per_s"], ones.get(row["scheduler"], {}).get("questions_per_s")
+            )
+
         columns = [
+            ("batching", "scheduler"),
             ("concurrent", "concurrency"),
             ("questions", "requests"),
             ("p50 ms", lambda r: 1000 * r["p50_s"]),
             ("p99 ms", lambda r: 1000 * r["p99_s"]),
             ("questions/s", "questions_per_s"),
-            ("x 1 concurrent", lambda r: _ratio(r["questions_per_s"], one.get("questions_per_s"))),
+            ("x 1 concurrent", per_one),
             ("mean batch", "mean_batch"),
             ("mean new tokens", "mean_completion_tokens"),
         ]
         lines += [
             f"Serving engine without Ray ({serve.get('videos')} videos of "
             f"{serve.get('kept_tokens')} kept tokens, merge K={serve.get('merge_layer')}, "
-            f"{serve.get('new_tokens')} new tokens, `@serve.batch`-like batches of up to the "
-            f"concurrency, {serve.get('batch_wait_s')} s wait) ({_status_line(serve)}):",
+            f"{serve.get('new_tokens')} new tokens in turn; continuous: the replica's "
+            f"scheduler, at most the concurrency running; static: `@serve.batch`-like batches "
+            f"of up to the concurrency, {serve.get('batch_wait_s')} s wait) "
+            f"({_status_line(serve)}):",
             "",
             *_table(columns, serve["rows"]),
             "",
         ]
+        reuse = serve.get("prefix_reuse")
+        if reuse:
+            lines += [
+                f"Repeated question over one video: TTFT {_cell(reuse['ttft_without_s'])} s "
+                f"without the prefix cache, {_cell(reuse['ttft_with_s'])} s with it "
+                f"({reuse['cached_prompt_tokens']} of {reuse['prompt_rows']} prompt tokens "
+                f"reused); prefill FLOPs -{100 * reuse['flops_drop']:.1f}% (the prefix's share of "
+                f"the layers below the resume layer: {100 * reuse['expected_flops_drop']:.1f}%); "
+                f"answers identical: {_cell(reuse['same_answers'])}.",
+                "",
+            ]
     columns = [
         ("target", "target"),
         ("measured", "measured"),
@@ -876,8 +1015,6 @@ def markdown(report: dict) -> str:
 
 
 def _visual_cell(row: dict) -> str:
-    if row.get("status") == "not available":
-        return f"not available: {row['reason']}"
     return f"{row['visual_in']} -> {row.get('visual_after', row['visual_in'])}"
 
 

@@ -159,9 +159,12 @@ class RequestScheduler:
                 for key, t in admitted
             ]
             events = self.batch.join(requests)
+            # The batch right after the join, counting the questions the join already finished
+            # (an answer of one token leaves at once: without them a lone one reads as 0).
+            size = len(self.batch) + sum(1 for event in events if event.finished)
             for _, ticket in admitted:
-                ticket.joined_at, ticket.batch_size = joined_at, len(self.batch)
-            self._on_join(len(self.batch))
+                ticket.joined_at, ticket.batch_size = joined_at, size
+            self._on_join(size)
             self._deliver(events)  # first tokens now, not after the next step (TTFT)
         self._deliver(self.batch.step())
 

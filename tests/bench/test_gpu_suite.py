@@ -78,25 +78,34 @@ def test_smoke_run_measures_every_section_and_writes_its_files(smoke) -> None:
         assert positive(row["single_s"]) and positive(row["batch_s_per_video"])
 
     answer = {r["key"]: r for r in report["sections"]["answer"]["rows"]}
-    assert list(answer) == ["full", "retained", "merged", "fastv", "hf_generate", "prefix_reuse"]
+    assert list(answer) == ["full", "retained", "merged", "fastv", "hf_generate"]
     tokens = suite.SMOKE.frames * 9
     assert answer["full"]["visual_in"] == answer["full"]["visual_after"] == tokens
     assert answer["retained"]["visual_in"] == answer["merged"]["visual_in"] == 1  # 2% of 72
     assert answer["fastv"]["visual_in"] == tokens > answer["fastv"]["visual_after"]
     for key in ("full", "retained", "merged", "fastv", "hf_generate"):
         assert positive(answer[key]["ttft_s"]) and positive(answer[key]["decode_tok_s"]), key
-    assert answer["prefix_reuse"]["status"] == "not available"
 
     serve = report["sections"]["serve"]
-    assert [r["concurrency"] for r in serve["rows"]] == list(suite.SMOKE.concurrency)
+    assert [(r["concurrency"], r["scheduler"]) for r in serve["rows"]] == [
+        (c, s) for c in suite.SMOKE.concurrency for s in ("continuous", "static")
+    ]
     for row in serve["rows"]:
         assert row["requests"] == max(8, 2 * row["concurrency"])
         assert 1 <= row["mean_batch"] <= row["concurrency"]
         assert 0 < row["p50_s"] <= row["p99_s"]
         assert positive(row["questions_per_s"])
 
+    reuse = serve["prefix_reuse"]
+    assert reuse["same_answers"] is True and reuse["cached_prompt_tokens"] == reuse["prefix_rows"]
+    assert 0 < reuse["expected_flops_drop"] < 1 and 0 < reuse["flops_drop"] < 1
+
     by_name = {t["target"]: t for t in report["targets"]}
     assert by_name["indexing / bare encoder"]["met"] is None  # needs Ray: not measured here
+    pairs = {(r["concurrency"], r["scheduler"]): r for r in serve["rows"]}
+    assert by_name["continuous / static questions/s, 16 concurrent"]["measured"] == pytest.approx(
+        pairs[16, "continuous"]["questions_per_s"] / pairs[16, "static"]["questions_per_s"]
+    )
     assert by_name["TTFT all tokens / 2%/1%"]["measured"] == pytest.approx(
         answer["full"]["ttft_s"] / answer["merged"]["ttft_s"]
     )
@@ -115,7 +124,8 @@ def test_markdown_is_the_report_rendered(smoke) -> None:
     for heading in ("Vision encoder", "Outer stage", "Answer path", "Serving engine", "Targets"):
         assert heading in table
     assert "| (c) 2%/1% merge K=3 | 1 -> 1 |" in table  # the tiny model's 4 layers: K = 3
-    assert "not available: no prefix" in table
+    assert "Repeated question over one video: TTFT" in table
+    assert "| continuous | 16 |" in table and "| static | 16 |" in table
 
 
 def test_no_section_loads_ray_s3fs_or_sqlalchemy(smoke) -> None:

@@ -151,3 +151,17 @@ def test_the_first_token_reaches_its_caller_before_the_next_step(engine, locatio
 
     assert isinstance(asyncio.run(run()), str)
     assert not gated.waited_in_vain
+
+
+def test_a_one_token_answer_alone_reports_a_batch_of_one(engine, locations) -> None:
+    """It joins and finishes in the same prefill, so the batch is empty again right after the
+    join: the batch it was answered in still held it (was 0)."""
+    scheduler = scheduler_for(engine)
+    one = job(locations[0], "what moves ?", generation=GenerationConfig(max_new_tokens=1))
+
+    async def run():
+        return await collect(scheduler, (await engine.prepare(one)))
+
+    _, response = asyncio.run(run())
+    assert isinstance(response, AskResponse) and response.tokens.completion == 1
+    assert response.batch_size == 1
