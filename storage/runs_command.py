@@ -9,15 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 
+from storage.command_options import add_store_options, page_offset, page_size
 from storage.run_states import run_row
-from storage.videos_command import _non_negative, _positive, add_store_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add_store_options(parser)
-    add("--limit", type=_positive, default=20, help="runs to list, newest first")
-    add("--offset", type=_non_negative, default=0, help="runs to skip (paging)")
+    add("--limit", type=page_size, default=20, help="runs to list, newest first")
+    add("--offset", type=page_offset, default=0, help="runs to skip (paging)")
     add("--json", action="store_true", help="print JSON with every setting (for scripts)")
 
 

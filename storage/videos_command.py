@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 from storage.catalog import VideoRecord, VideoStatus
+from storage.command_options import add_store_options, page_offset, page_size
 
 STATUSES = [s.value for s in VideoStatus]
 
@@ -32,24 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="only videos with this status (default: all)",
     )
     add("--search", default=None, help="substring of the video id or source URI (default: none)")
-    add("--limit", type=_positive, default=50, help="videos to list")
-    add("--offset", type=_non_negative, default=0, help="videos to skip (paging)")
+    add("--limit", type=page_size, default=50, help="videos to list")
+    add("--offset", type=page_offset, default=0, help="videos to skip (paging)")
     add("--json", action="store_true", help="print JSON (one object; for scripts)")
-
-
-def add_store_options(parser: argparse.ArgumentParser) -> None:
-    """--store and --catalog, as every command that reads a store spells them."""
-    add = parser.add_argument
-    add(
-        "--store",
-        default=None,
-        help="store URL (default: env TOKENREEL_STORE_URL, else ./tokenreel-data)",
-    )
-    add(
-        "--catalog",
-        default=None,
-        help="catalog URL (default: env TOKENREEL_CATALOG_URL, else the store's catalog.sqlite)",
-    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -161,17 +147,3 @@ def _clip(text: str, limit: int = 80) -> str:
 
 def _time(value: Any) -> str | None:
     return None if value is None else value.isoformat()
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 10_000:
-        raise argparse.ArgumentTypeError(f"must be in [1, 10000], got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value

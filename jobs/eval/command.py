@@ -32,6 +32,7 @@ from jobs.cli_options import add_model_and_sampling_options
 from jobs.eval.benchmarks import BENCHMARKS, AnnotationError
 from jobs.eval.judge import Judge, JudgeError, JudgeSettings
 from jobs.eval.sweep import PAPER_RATIOS, SWEEP_METHODS
+from storage.command_options import add_store_options
 
 if TYPE_CHECKING:
     from jobs.eval.presets import Preset
@@ -164,16 +165,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="answer length for every benchmark (default: lmms-eval's per benchmark)",
     )
     add("--decode-timeout", type=float, default=300.0, help="seconds per video decode (300)")
-    add(
-        "--store",
-        default=None,
-        help="store URL (default: env TOKENREEL_STORE_URL, else ./tokenreel-data)",
-    )
-    add(
-        "--catalog",
-        default=None,
-        help="catalog URL (default: env TOKENREEL_CATALOG_URL, else the store's)",
-    )
+    add_store_options(parser)
     add("--out", default="eval-report", help="report directory (default ./eval-report)")
     add("--judge-url", default=judge.url, help=f"OpenAI-compatible base URL ({judge.url})")
     add("--judge-model", default=judge.model, help=f"judge model ({judge.model}, as the paper)")

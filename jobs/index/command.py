@@ -16,22 +16,14 @@ import sys
 
 from compression.config import OUTER_METHODS, CompressionConfig
 from jobs.cli_options import add_model_and_sampling_options
+from storage.command_options import add_store_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = CompressionConfig()
     add = parser.add_argument
     add("source", metavar="SOURCE", help="directory, glob, s3:// prefix, or manifest file")
-    add(
-        "--store",
-        default=None,
-        help="store URL (default: env TOKENREEL_STORE_URL, else ./tokenreel-data)",
-    )
-    add(
-        "--catalog",
-        default=None,
-        help="catalog URL (default: env TOKENREEL_CATALOG_URL, else the store's catalog.sqlite)",
-    )
+    add_store_options(parser)
     add_model_and_sampling_options(parser)
     add(
         "--retention-ratio",

@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from compression.config import INNER_METHODS
+from storage.command_options import add_store_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,16 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also show the tokens kept at layer K for this question (default: none)",
     )
     add("--out", default=None, help="PNG path (default ./<video id>.png)")
-    add(
-        "--store",
-        default=None,
-        help="store URL (default: env TOKENREEL_STORE_URL, else ./tokenreel-data)",
-    )
-    add(
-        "--catalog",
-        default=None,
-        help="catalog URL (default: env TOKENREEL_CATALOG_URL, else the store's)",
-    )
+    add_store_options(parser)
     add("--model", default=None, help="model id of the token set (default: most recent)")
     add("--config-hash", default=None, help="config hash of the token set (default: most recent)")
     add(
