@@ -41,7 +41,7 @@ import av
 import numpy as np
 
 from jobs.index.decode import DecodeError, DecodeSettings, sample_frame_indices, scaled_size
-from jobs.index.sources import list_sources, local_copy
+from jobs.index.sources import list_sources, local_copy, source_label
 from jobs.index.video import sample_video
 from storage.ids import video_id_for
 
@@ -319,7 +319,7 @@ def index_videos_in_chunks(
     model_id, config_hash = loader.model_id, config.stable_hash()
     run_id = catalog.start_run(
         {
-            "source": os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<list>",
+            "source": source_label(source),
             "model": model_id,
             "config": config.to_dict(),
             "chunked": True,

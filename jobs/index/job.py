@@ -63,7 +63,7 @@ import numpy as np
 from jobs.index.cluster import ray_connection, ray_init_arguments
 from jobs.index.decode import VERBOSE_ENV, DecodeSettings
 from jobs.index.resources import DEFAULT_DECODE_THREADS, Pool, Resources, check_fits, cluster_nodes
-from jobs.index.sources import list_sources_with_fingerprints
+from jobs.index.sources import list_sources_with_fingerprints, source_label
 from jobs.index.stages import (
     CHAOS_ENV,
     EncodeAndCompress,
@@ -380,7 +380,7 @@ def plan_run(
     model_id, config_hash = loader.model_id, config.stable_hash()
     run_id = catalog.start_run(
         {
-            "source": os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<list>",
+            "source": source_label(source),
             "model": model_id,
             "config": config.to_dict(),
             "decode": dataclasses.asdict(decode),

@@ -64,6 +64,12 @@ class LocalCopy:
     size: int
 
 
+def source_label(source: str | os.PathLike[str] | Sequence[str]) -> str:
+    """How a run records what it indexed: the directory, glob, prefix or manifest as given, or
+    "<list>" for URIs passed in a list (which may be long)."""
+    return os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<list>"
+
+
 def list_sources(source: str | os.PathLike[str] | Sequence[str]) -> list[str]:
     """The normalised, de-duplicated video URIs that SOURCE names (see the module docstring)."""
     return list(list_sources_with_fingerprints(source))
