@@ -125,7 +125,7 @@ def noop_write(batch: dict[str, np.ndarray], settings: StageSettings) -> dict[st
 def old_dataset(data: Any, plan: IndexPlan) -> Any:
     """The job's dataset as it was built before issue 13 (one block per video), no-op stages."""
     settings = plan.stages
-    rows = [{"uri": uri, "video_id": video_id_for(uri)} for uri, _ in plan.todo]
+    rows = [{"uri": uri, "video_id": video_id_for(uri)} for uri, _ in plan.todo.rows()]
     return (
         data.from_items(rows, override_num_blocks=len(rows))
         .map(

@@ -1,13 +1,14 @@
 """Planning an indexing run at 10^4 / 10^5 / 10^6 URIs: the driver's time and peak memory for
 listing, the catalog checks and the pending registration (everything before Ray starts).
 
-Synthetic listing: N object-store URIs given as a sequence (`s3://bench/videos/NNNNNNN.mp4`; no
-listing request, no stat), a fresh SQLite catalog, the tiny model's key. Two schemes, each N in
-its own process (peak RSS is per process):
+Synthetic listing: a manifest file naming N object-store URIs (`s3://bench/videos/NNNNNNN.mp4`;
+no listing request, no stat), written before the measurement, a fresh SQLite catalog, the tiny
+model's key. Two schemes, each N in its own process (peak RSS is per process):
 
-* old (baseline, as the job planned before issue 13): `not_indexed` over the whole list twice,
-  then one `register_pending` of every URI in one transaction;
-* new: `jobs.index.job.plan_run` (chunks of `PLAN_CHUNK` URIs: checks + registration each).
+* old (baseline, as the job planned before issue 13): the whole listing, `not_indexed` over it
+  twice, then one `register_pending` of every URI in one transaction;
+* new: `jobs.index.job.plan_run` (the listing streamed in chunks of `PLAN_CHUNK` URIs: checks,
+  registration and the spilled to-do list each; the driver holds one chunk).
 
 Figures: seconds, peak RSS minus the RSS after imports (MiB), both per N.
 
@@ -46,23 +47,26 @@ def one(size: int, scheme: str) -> dict:
 
     model_frame_size("tiny-llava-ov")  # the model registry's imports (torch) outside the figures
 
-    uris = (f"s3://bench/videos/{i:07d}.mp4" for i in range(size))
     with tempfile.TemporaryDirectory() as tmp:
+        manifest = f"{tmp}/videos.txt"
+        with open(manifest, "w") as handle:
+            handle.writelines(f"s3://bench/videos/{i:07d}.mp4\n" for i in range(size))
         store_url, catalog_url = f"{tmp}/store", f"sqlite:///{tmp}/catalog.sqlite"
         open_store(store_url, catalog_url).catalog.close()  # schema created outside the timing
         base = rss_now()
         started = time.perf_counter()
         if scheme == "new":
             plan = plan_run(
-                list(uris), store_url=store_url, catalog_url=catalog_url, model="tiny-llava-ov",
+                manifest, store_url=store_url, catalog_url=catalog_url, model="tiny-llava-ov",
                 config=None, decode=DecodeSettings(num_frames=4), batch_size=4,
                 retry_failed=False, resources=Resources(),
             )  # fmt: skip
             todo = len(plan.todo)
+            plan.todo.close()
         else:
             from jobs.index.sources import list_sources
 
-            listed = list_sources(list(uris))
+            listed = list_sources(manifest)
             catalog = open_store(store_url, catalog_url).catalog
             key = ("tiny-llava-ov", "0" * 16)
             run_id = catalog.start_run({})

@@ -262,6 +262,17 @@ class VideoRecord:
 
 
 @dataclass(frozen=True)
+class Triage:
+    """What `Catalog.triage` made of listed sources: `wanted`, the URIs to index (in order);
+    `skipped_failed`, failed before and not retried; `repeated`, already registered by the run
+    asking. The rest of the listed URIs are indexed and unchanged."""
+
+    wanted: list[str]
+    skipped_failed: int
+    repeated: int
+
+
+@dataclass(frozen=True)
 class RunSummary:
     """An indexing run: its settings, the counts its job recorded at the end (`counts`, None while
     running) and the live count of status rows last touched by it (`status_counts`)."""
@@ -395,6 +406,25 @@ class Catalog:
         without a fingerprint counts as changed: nothing vouches for it); failed ones only when
         `retry_failed` (and, with `max_attempts`, only those that failed fewer times than that).
         A None fingerprint means unknown: an indexed video is then done, as in `not_indexed`."""
+        return self.triage(
+            sources, model_id, config_hash, retry_failed=retry_failed, max_attempts=max_attempts
+        ).wanted
+
+    def triage(
+        self,
+        sources: Mapping[str, str | None],
+        model_id: str,
+        config_hash: str,
+        *,
+        retry_failed: bool = False,
+        max_attempts: int | None = None,
+        run_id: str | None = None,
+    ) -> Triage:
+        """`needs_indexing`, with what was left out counted: one catalog read of `sources`.
+
+        With `run_id`, a video that run has already registered pending counts as `repeated`, not
+        wanted: a URI a manifest names twice, in two of a run's planning chunks, is indexed
+        once, and no listing has to be held whole to find such repeats (`jobs.index.job`)."""
         _check_key(model_id, config_hash)
         by_id = _ids_by_uri(_checked_sources(sources))
         rows: dict[str, Any] = {}
@@ -406,23 +436,32 @@ class Catalog:
                         video_status.c.status,
                         video_status.c.attempts,
                         video_status.c.source_fingerprint,
+                        video_status.c.run_id,
                     )
                     .where(video_status.c.video_id.in_(chunk))
                     .where(video_status.c.model_id == model_id)
                     .where(video_status.c.config_hash == config_hash)
                 )
                 rows.update({row.video_id: row for row in result})
-
-        def wanted(uri: str, video_id: str) -> bool:
+        wanted: list[str] = []
+        skipped_failed = repeated = 0
+        for uri, video_id in by_id.items():
             row = rows.get(video_id)
-            if row is None or row.status == VideoStatus.PENDING.value:
-                return True
-            if row.status == VideoStatus.FAILED.value:
-                return retry_failed and (max_attempts is None or row.attempts < max_attempts)
-            listed = sources[uri]
-            return listed is not None and row.source_fingerprint != listed
-
-        return [uri for uri, video_id in by_id.items() if wanted(uri, video_id)]
+            if row is None:
+                wanted.append(uri)
+            elif row.status == VideoStatus.PENDING.value:
+                if run_id is not None and row.run_id == run_id:
+                    repeated += 1
+                else:
+                    wanted.append(uri)
+            elif row.status == VideoStatus.FAILED.value:
+                if retry_failed and (max_attempts is None or row.attempts < max_attempts):
+                    wanted.append(uri)
+                else:
+                    skipped_failed += 1
+            elif sources[uri] is not None and row.source_fingerprint != sources[uri]:
+                wanted.append(uri)
+        return Triage(wanted=wanted, skipped_failed=skipped_failed, repeated=repeated)
 
     def register_pending(
         self,

@@ -2,10 +2,12 @@
 
 `index_videos` reads as plan -> run -> summarise:
 
-* plan (driver): resolve the model, the compression config and the sampling; list the source
-  with each video's fingerprint (size + mtime, or ETag); record the run; in chunks of
-  `PLAN_CHUNK`, ask the catalog what is still to do (new, pending or interrupted videos, and
-  indexed ones whose source changed; failed ones with `retry_failed`) and mark those pending.
+* plan (driver): resolve the model, the compression config and the sampling; record the run;
+  stream the source's listing with each video's fingerprint (size + mtime, or ETag) and, in
+  chunks of `PLAN_CHUNK`, ask the catalog what is still to do (new, pending or interrupted
+  videos, and indexed ones whose source changed; failed ones with `retry_failed`), mark those
+  pending and spill them to the run's to-do file (`TodoFile`). The driver holds one chunk at a
+  time whatever the corpus size: 10^6 URIs are never a list in its memory.
 * run (after checking the cluster can hold the pools, `jobs.index.resources`): a streaming
   Ray Data pipeline, one row per video, in blocks of up to 64 videos (`videos_per_block`):
 
@@ -51,6 +53,7 @@ import logging
 import math
 import os
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -63,7 +66,7 @@ import numpy as np
 from jobs.index.cluster import ray_connection, ray_init_arguments
 from jobs.index.decode import VERBOSE_ENV, DecodeSettings
 from jobs.index.resources import DEFAULT_DECODE_THREADS, Pool, Resources, check_fits, cluster_nodes
-from jobs.index.sources import list_sources_with_fingerprints, source_label
+from jobs.index.sources import iter_sources, source_label
 from jobs.index.stages import (
     CHAOS_ENV,
     EncodeAndCompress,
@@ -180,6 +183,54 @@ class IndexSummary:
         return "\n".join(lines)
 
 
+class TodoFile:
+    """A run's to-do list, (URI, listed fingerprint) per video, spilled to an anonymous temporary
+    file (Arrow IPC, one record batch per planning chunk, ~60 bytes a video) while planning and
+    streamed back to make the pipeline's input blocks, so the driver never holds it whole.
+    Decision: a local file, not the catalog, because the listed fingerprint of a pending video
+    is the run's (it becomes the recorded one only with its token set) and has no column there.
+    Deleted when closed (and by the OS if the driver dies)."""
+
+    def __init__(self) -> None:
+        import pyarrow as pa
+
+        self._schema = pa.schema([("uri", pa.string()), ("fingerprint", pa.string())])
+        # Closed by `close` (the plan's owner, `index_videos`), not by a with-block: it lives from
+        # planning to the end of the pipeline.
+        self._file = tempfile.TemporaryFile(prefix="tokenreel-todo-")  # noqa: SIM115
+        self._writer: Any = pa.ipc.new_stream(self._file, self._schema)
+        self.count = 0
+
+    def add(self, todo: Sequence[tuple[str, str | None]]) -> None:
+        """Append videos to the list (before `rows` is first called)."""
+        import pyarrow as pa
+
+        if not todo:
+            return
+        uris, fingerprints = zip(*todo, strict=True)
+        self._writer.write_batch(
+            pa.record_batch([pa.array(uris), pa.array(fingerprints)], schema=self._schema)
+        )
+        self.count += len(todo)
+
+    def rows(self) -> Iterator[tuple[str, str | None]]:
+        """The list in the order it was added, one record batch in memory at a time."""
+        import pyarrow as pa
+
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._file.seek(0)
+        for batch in pa.ipc.open_stream(self._file):
+            yield from zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __len__(self) -> int:
+        return self.count
+
+
 @dataclass(frozen=True)
 class IndexPlan:
     """What a run will do, decided on the driver before any worker starts."""
@@ -188,7 +239,7 @@ class IndexPlan:
     resources: Resources
     catalog: Catalog
     listed: int  # videos the source names
-    todo: list[tuple[str, str | None]]  # (URI, listed fingerprint) to index now, pending
+    todo: TodoFile  # (URI, listed fingerprint) to index now, pending
     skipped_failed: int  # failed before and not retried
 
 
@@ -275,6 +326,7 @@ def index_videos(
     try:
         started = run_pipeline(plan, tally, progress=progress, on_progress=on_progress)
     except BaseException as exc:
+        plan.todo.close()
         # The run's end is recorded whatever stopped it (Ctrl-C, SIGTERM, a storage error): its
         # videos still pending then read as interrupted, not as being indexed (see storage).
         plan.catalog.finish_run(plan.stages.run_id, {**tally.counts(), "interrupted": 1})
@@ -286,6 +338,7 @@ def index_videos(
                 f"(an encode batch is retried {ENCODE_BATCH_RETRIES} times before the job stops)"
             ) from exc
         raise
+    plan.todo.close()
     summary = summarise(plan, tally, time.perf_counter() - started)
     plan.catalog.finish_run(plan.stages.run_id, summary.counts())
     return summary
@@ -374,7 +427,7 @@ def plan_run(
     config = dataclasses.replace(
         config or CompressionConfig(), frames=decode.num_frames, frame_size=decode.frame_size
     )
-    sources = list_sources_with_fingerprints(source)
+    listing = iter_sources(source)  # SOURCE's own errors (not found, ...) before the run starts
     store = open_store(store_url, catalog_url)
     catalog = store.catalog
     model_id, config_hash = loader.model_id, config.stable_hash()
@@ -395,19 +448,33 @@ def plan_run(
             "retry_failed": retry_failed,
         }
     )
-    todo: list[tuple[str, str | None]] = []
-    skipped_failed = 0
-    # In chunks: each catalog call (and its transaction) stays small whatever the corpus size.
-    for chunk in _chunked(sources.items(), PLAN_CHUNK):
-        listed = dict(chunk)
-        wanted = catalog.needs_indexing(listed, model_id, config_hash, retry_failed=retry_failed)
-        if not retry_failed:
-            failed = catalog.needs_indexing(listed, model_id, config_hash, retry_failed=True)
-            skipped_failed += len(failed) - len(wanted)
-        # With the listed fingerprints: a changed source becomes pending again, its old token
-        # set readable until the new one is recorded (`Catalog.register_pending`).
-        catalog.register_pending(wanted, model_id, config_hash, run_id=run_id, fingerprints=listed)
-        todo.extend((uri, listed[uri]) for uri in wanted)
+    todo = TodoFile()
+    listed = skipped_failed = 0
+    try:
+        # In chunks: each catalog call (and its transaction) stays small whatever the corpus
+        # size, and only one chunk of the listing is in memory.
+        for chunk in _chunked(listing, PLAN_CHUNK):
+            sources: dict[str, str | None] = {}
+            for uri, fingerprint in chunk:  # a repeat in the chunk: the first one counts
+                sources.setdefault(uri, fingerprint)
+            triage = catalog.triage(
+                sources, model_id, config_hash, retry_failed=retry_failed, run_id=run_id
+            )
+            # A repeat of a URI an earlier chunk registered (`repeated`) is one video listed.
+            listed += len(sources) - triage.repeated
+            skipped_failed += triage.skipped_failed
+            # With the listed fingerprints: a changed source becomes pending again, its old
+            # token set readable until the new one is recorded (`Catalog.register_pending`).
+            catalog.register_pending(
+                triage.wanted, model_id, config_hash, run_id=run_id, fingerprints=sources
+            )
+            todo.add([(uri, sources[uri]) for uri in triage.wanted])
+    except BaseException:
+        # A bad manifest entry half-way, Ctrl-C: what was registered reads as interrupted and
+        # a rerun resumes it (the run's end is recorded, as for a stopped pipeline).
+        todo.close()
+        catalog.finish_run(run_id, {"indexed": 0, "failed": 0, "interrupted": 1})
+        raise
     stages = StageSettings(
         store_url=store.store_url,
         catalog_url=catalog.url,
@@ -418,7 +485,7 @@ def plan_run(
         device="cuda" if resources.gpus_per_worker > 0 else "cpu",
         batch_size=batch_size,
     )
-    return IndexPlan(stages, resources, catalog, len(sources), todo, skipped_failed)
+    return IndexPlan(stages, resources, catalog, listed, todo, skipped_failed)
 
 
 def run_pipeline(
@@ -434,7 +501,7 @@ def run_pipeline(
     Raises `InsufficientResources` (a ValueError) before starting when the cluster cannot hold
     the pools, and `JobInterrupted` on SIGTERM (as Ctrl-C raises KeyboardInterrupt)."""
     started = time.perf_counter()
-    if not plan.todo:
+    if not len(plan.todo):
         return started
     import ray
 
@@ -498,7 +565,7 @@ def build_dataset(
                 }
             )
         )
-        for chunk in _chunked(plan.todo, per_block)
+        for chunk in _chunked(plan.todo.rows(), per_block)
     ]
     env = {"runtime_env": resources.runtime_env} if resources.runtime_env else {}
     decode_cap = None if resources.decode_workers is None else resources.decode_workers.max

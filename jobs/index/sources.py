@@ -23,6 +23,14 @@ taken from the listing that found it (no request per object). A remote URI that 
 returned (a manifest entry, a URI given from Python) has no fingerprint (None: unknown, so the
 catalog treats it as unchanged, as before fingerprints existed), and neither has a local path
 that does not exist (its indexing fails and is recorded).
+
+Streaming (`iter_sources`, what an indexing run plans from): a directory is walked one folder at
+a time (local) or listed one page of 1,000 keys at a time (S3), and a manifest is read entry by
+entry, so listing 10^6 videos holds one folder or page at a time, never the whole list. The order
+is the same as sorting the whole listing. Globs and other object stores' prefixes are listed
+whole (fsspec has no paged listing for them), then streamed. The stream does not drop repeats (a
+manifest may name a video twice): that needs the whole list, so a run finds repeats in its
+catalog instead (`Catalog.triage`); `list_sources` and `list_sources_with_fingerprints` drop them.
 """
 
 from __future__ import annotations
@@ -53,6 +61,10 @@ LINE_MANIFEST_SUFFIXES = frozenset({".txt", ".lst"})
 TABLE_MANIFEST_SUFFIXES = frozenset({".csv", ".parquet"})
 URI_COLUMN = "uri"
 HASH_CHUNK_BYTES = 8 << 20
+S3_PAGE_KEYS = 1000  # keys per S3 listing request (the service's maximum)
+
+# A listed URI with the fingerprint its listing gave (None: none given; a local path is stat'ed).
+_Listed = tuple[str, str | None]
 
 
 @dataclass(frozen=True)
@@ -80,15 +92,25 @@ def list_sources_with_fingerprints(
 ) -> dict[str, str | None]:
     """{uri: fingerprint} of the videos SOURCE names, in `list_sources` order (the fingerprint
     is None when unknown; see the module docstring)."""
+    sources: dict[str, str | None] = {}
+    for uri, fingerprint in iter_sources(source):
+        sources.setdefault(uri, fingerprint)
+    return sources
+
+
+def iter_sources(source: str | os.PathLike[str] | Sequence[str]) -> Iterator[_Listed]:
+    """(uri, fingerprint) of each video SOURCE names, streamed in `list_sources` order; repeats
+    are NOT dropped (see the module docstring). SOURCE's own errors (not found, empty, a bad
+    scheme, a manifest without a uri column) raise here, before the stream; a bad manifest
+    entry raises when the stream reaches it."""
     if isinstance(source, (str, os.PathLike)):
         listed = _expand(os.fspath(source))
     else:
-        listed = [(normalize_uri(str(uri)), None) for uri in source]
-    sources: dict[str, str | None] = {}
-    for uri, fingerprint in listed:
-        if uri not in sources:
-            sources[uri] = fingerprint if fingerprint is not None else local_fingerprint(uri)
-    return sources
+        listed = ((normalize_uri(str(uri)), None) for uri in source)
+    return (
+        (uri, fingerprint if fingerprint is not None else local_fingerprint(uri))
+        for uri, fingerprint in listed
+    )
 
 
 def local_fingerprint(uri: str) -> str | None:
@@ -177,20 +199,21 @@ def _hash_stream(handle: io.BufferedIOBase, sink: io.BufferedIOBase | None) -> t
 # -- expanding SOURCE ---------------------------------------------------------------------------
 
 
-# A listed URI with the fingerprint its listing gave (None: none given; a local path is stat'ed).
-_Listed = tuple[str, str | None]
-
-
-def _expand(source: str) -> list[_Listed]:
+def _expand(source: str) -> Iterator[_Listed]:
+    """SOURCE's listing as a stream; SOURCE itself is checked here, before the stream starts."""
     if not source.strip():
         raise ValueError("SOURCE is empty")
     uri = normalize_uri(source)
     if any(ch in uri for ch in "*?["):
-        return _glob(uri)
+        return iter(_glob(uri))
+    if is_local(uri) and os.path.isdir(uri):
+        return _walk_local(uri)
     fs, path = fsspec.core.url_to_fs(uri)
     if fs.isdir(path):
+        if uri.startswith("s3://"):
+            return _walk_s3(fs, uri, path)
         found = fs.find(path, detail=True)
-        return [_entry(uri, p, found[p]) for p in sorted(found) if _is_video_name(p)]
+        return (_entry(uri, p, found[p]) for p in sorted(found) if _is_video_name(p))
     try:
         info = fs.info(path)
     except FileNotFoundError:
@@ -199,8 +222,57 @@ def _expand(source: str) -> list[_Listed]:
         raise ValueError(f"SOURCE not found: {source}")
     suffix = PurePosixPath(path).suffix.lower()
     if suffix in LINE_MANIFEST_SUFFIXES | TABLE_MANIFEST_SUFFIXES:
-        return [(entry, None) for entry in _read_manifest(uri, suffix)]
-    return [_entry(uri, path, info)]
+        return ((entry, None) for entry in _read_manifest(uri, suffix))
+    return iter([_entry(uri, path, info)])
+
+
+def _walk_local(root: str) -> Iterator[_Listed]:
+    """The video files below `root`, one folder in memory at a time, in the order of their sorted
+    full paths: a folder's entries sorted by name, a subfolder's as name + "/" (so "a.mp4" comes
+    before "a/x.mp4", as "." < "/"), entered where it sorts. Symlinked folders are followed (as
+    fsspec's listing does); a folder already on the path being walked is not entered again."""
+
+    def walk(folder: str, ancestors: frozenset[tuple[int, int]]) -> Iterator[_Listed]:
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(
+                    ((e.name + "/" if e.is_dir() else e.name), e.path, e.is_dir()) for e in listing
+                )
+        except OSError:
+            return  # unreadable or vanished since its parent was listed: nothing in it to index
+        for _, path, is_dir in entries:
+            if is_dir:
+                info = os.stat(path)
+                key = (info.st_dev, info.st_ino)
+                if key not in ancestors:
+                    yield from walk(path, ancestors | {key})
+            elif _is_video_name(path):
+                yield os.path.abspath(path), None
+
+    top = os.stat(root)
+    return walk(root, frozenset({(top.st_dev, top.st_ino)}))
+
+
+def _walk_s3(fs: fsspec.AbstractFileSystem, uri: str, path: str) -> Iterator[_Listed]:
+    """The video objects below an S3 prefix, one page of `S3_PAGE_KEYS` keys at a time, in key
+    order (S3 lists keys in UTF-8 byte order, which is the order of their sorted strings)."""
+    bucket, key, _ = fs.split_path(path)
+    prefix = key.rstrip("/") + "/" if key else ""
+    token: str | None = None
+    while True:
+        page = fs.call_s3(
+            "list_objects_v2",
+            Bucket=bucket,
+            Prefix=prefix,
+            MaxKeys=S3_PAGE_KEYS,
+            **({"ContinuationToken": token} if token else {}),
+        )
+        for item in page.get("Contents", []):
+            if _is_video_name(item["Key"]):
+                yield f"s3://{bucket}/{item['Key']}", _listed_fingerprint(item)
+        token = page.get("NextContinuationToken")
+        if not page.get("IsTruncated") or not token:
+            return
 
 
 def _glob(pattern: str) -> list[_Listed]:
@@ -218,37 +290,53 @@ def _entry(uri: str, path: str, info: dict) -> _Listed:
     return listed, None if is_local(listed) else _listed_fingerprint(info)
 
 
-def _read_manifest(uri: str, suffix: str) -> list[str]:
-    base = _parent(uri)
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
+def _read_manifest(uri: str, suffix: str) -> Iterator[str]:
+    """The manifest's entries as normalised URIs, read a line, a CSV row or a Parquet batch at a
+    time; the manifest's shape (its `uri` column) is checked now, before the first entry."""
+    entries = _manifest_entries(uri, suffix)
+    next(entries)  # runs up to the checked header: a manifest without a uri column fails here
+    return _normalized_entries(uri, entries)
 
-        with fsspec.open(uri, "rb") as handle:
-            table = pq.read_table(handle)
-        if URI_COLUMN not in table.column_names:
-            raise ValueError(f"manifest {uri} has no {URI_COLUMN!r} column: {table.column_names}")
-        entries = table.column(URI_COLUMN).to_pylist()
-    else:
-        with fsspec.open(uri, "rt", encoding="utf-8") as handle:
-            text = handle.read()
-        if suffix == ".csv":
-            reader = csv.DictReader(io.StringIO(text))
-            if URI_COLUMN not in (reader.fieldnames or []):
-                columns = reader.fieldnames
-                raise ValueError(f"manifest {uri} has no {URI_COLUMN!r} column: {columns}")
-            entries = [row[URI_COLUMN] for row in reader]
-        else:
-            lines = (line.strip() for line in text.splitlines())
-            entries = [line for line in lines if line and not line.startswith("#")]
-    uris = []
+
+def _normalized_entries(uri: str, entries: Iterator[object]) -> Iterator[str]:
+    base = _parent(uri)
     for number, entry in enumerate(entries, start=1):
         if entry is None or not str(entry).strip():
             raise ValueError(f"manifest {uri}: entry {number} is empty")
         try:
-            uris.append(normalize_uri(str(entry), base=base))
+            yield normalize_uri(str(entry), base=base)
         except ValueError as exc:
             raise ValueError(f"manifest {uri}: entry {number}: {exc}") from None
-    return uris
+
+
+def _manifest_entries(uri: str, suffix: str) -> Iterator[object]:
+    """None once the manifest's shape is checked, then its raw entries."""
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        with fsspec.open(uri, "rb") as handle:
+            table = pq.ParquetFile(handle)
+            if URI_COLUMN not in table.schema_arrow.names:
+                names = table.schema_arrow.names
+                raise ValueError(f"manifest {uri} has no {URI_COLUMN!r} column: {names}")
+            yield None
+            for batch in table.iter_batches(columns=[URI_COLUMN]):
+                yield from batch.column(0).to_pylist()
+        return
+    with fsspec.open(uri, "rt", encoding="utf-8", newline="") as handle:
+        if suffix == ".csv":
+            reader = csv.DictReader(handle)
+            if URI_COLUMN not in (reader.fieldnames or []):
+                columns = reader.fieldnames
+                raise ValueError(f"manifest {uri} has no {URI_COLUMN!r} column: {columns}")
+            yield None
+            yield from (row[URI_COLUMN] for row in reader)
+            return
+        yield None
+        for line in handle:
+            text = line.strip()
+            if text and not text.startswith("#"):
+                yield text
 
 
 def _is_video_name(path: str) -> bool:

@@ -12,6 +12,7 @@ import pytest
 
 from jobs.index.sources import (
     content_hash,
+    iter_sources,
     list_sources,
     list_sources_with_fingerprints,
     local_copy,
@@ -187,3 +188,70 @@ def test_s3_fingerprints_are_the_listing_etags(
     relisted = list_sources_with_fingerprints(f"s3://{s3_bucket}/clips")
     assert relisted[b_uri] != listed[b_uri] and relisted[c_uri] == listed[c_uri]
     assert list_sources_with_fingerprints(b_uri) == {b_uri: relisted[b_uri]}  # a single object
+
+
+def test_a_directory_is_walked_in_the_order_of_its_sorted_paths(tmp_path: Path) -> None:
+    """The streamed walk (one folder at a time) lists what sorting the whole listing would; as
+    "-" < "." < "/", that is a-b/y.mp4, a.mp4, then a/..., though the folder "a" sorts first."""
+    root = tmp_path / "v"
+    names = ["a/x.mp4", "a.mp4", "a-b/y.mp4", "ab.mp4", "a/b/z.mp4", "a/c.mp4", "B.mp4"]
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"x")
+    (root / "a" / "loop").symlink_to(root)  # a folder on the walked path is not entered again
+    expected = sorted(str(root / name) for name in names)
+    assert list_sources(root) == expected
+    assert [uri for uri, _ in iter_sources(root)] == expected
+
+
+def test_the_stream_keeps_repeats_and_the_lists_drop_them(corpus: Path) -> None:
+    manifest = corpus.parent / "twice.txt"
+    manifest.write_text("videos/b.mp4\nvideos/a.MKV\nvideos/b.mp4\n")
+    b, a = str(corpus / "b.mp4"), str(corpus / "a.MKV")
+    assert [uri for uri, _ in iter_sources(manifest)] == [b, a, b]
+    assert list_sources(manifest) == [b, a]
+
+
+def test_a_parquet_manifest_is_read_in_batches(corpus: Path) -> None:
+    manifest = corpus.parent / "many.parquet"
+    uris = [f"s3://bkt/{i:05d}.mp4" for i in range(2500)]
+    pq.write_table(pa.table({"uri": uris, "n": list(range(2500))}), manifest, row_group_size=1000)
+    assert [uri for uri, _ in iter_sources(manifest)] == uris
+
+
+def test_an_s3_prefix_is_listed_a_page_at_a_time(
+    s3_bucket: str, corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: an S3 prefix was listed whole (fsspec's find) before the first URI; now one
+    page of keys at a time, in key order, with each page's ETags."""
+    import fsspec
+
+    import jobs.index.sources as sources
+
+    fs = fsspec.filesystem("s3")
+    names = ["a.mp4", "b.mp4", "notes.txt", "sub/c.mp4", "sub/d.webm", "z.mp4"]
+    for name in names:
+        fs.pipe_file(f"{s3_bucket}/clips/{name}", name.encode())
+    fs.pipe_file(f"{s3_bucket}/clipsX.mp4", b"not below the prefix")
+    monkeypatch.setattr(sources, "S3_PAGE_KEYS", 2)
+    pages: list[int] = []
+    original = type(fs).call_s3
+
+    def counting(self, method, *args, **kwargs):
+        result = original(self, method, *args, **kwargs)
+        if method == "list_objects_v2":
+            pages.append(len(result.get("Contents", [])))
+        return result
+
+    monkeypatch.setattr(type(fs), "call_s3", counting)
+    fs.invalidate_cache()
+    stream = iter_sources(f"s3://{s3_bucket}/clips")
+    first = next(stream)
+    assert first[0] == f"s3://{s3_bucket}/clips/a.mp4" and pages == [2]  # one page so far
+    rest = list(stream)
+    assert [uri for uri, _ in [first, *rest]] == [
+        f"s3://{s3_bucket}/clips/{n}" for n in names if n != "notes.txt"
+    ]
+    assert pages == [2, 2, 2]
+    etag = fs.info(f"{s3_bucket}/clips/a.mp4")["ETag"].strip('"')
+    assert first[1] == f"etag:{etag}"
