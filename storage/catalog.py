@@ -523,13 +523,19 @@ class Catalog:
         chunks: Sequence[ChunkRecord],
         *,
         run_id: str | None = None,
+        all_windows: bool = False,
     ) -> None:
         """Record chunk sets of a video and its (new) video-level token set in ONE transaction,
         so that the video-level set always stands for exactly the chunks recorded (a follower
         killed in between loses both, never one: issue 14's "never recorded twice").
 
-        `video` as for `record_indexed`; each chunk's row is keyed by the video's (video_id,
-        model_id, config_hash) and its window; recording a window again replaces its row.
+        `video` as for `record_indexed` (its `source_fingerprint` is recorded with it); each
+        chunk's row is keyed by the video's (video_id, model_id, config_hash) and its window;
+        recording a window again replaces its row. `all_windows`: `chunks` are ALL the video's
+        chunks (a whole video indexed, or re-indexed after its source changed), so the rows of
+        any other window of that key are deleted in the same transaction: a re-index with fewer
+        windows leaves no stale chunk, and until it commits the old rows are what readers see.
+        Without it (a follower appending chunks) the other windows' rows stay.
         """
         location = video.location
         rows = []
@@ -563,6 +569,14 @@ class Catalog:
         self._store_of([video, *(IndexedVideo(video.uri, "", c.location) for c in chunks)])
         with self._write() as conn:
             self._record_indexed_in(conn, [video], run_id)
+            if all_windows:
+                conn.execute(
+                    chunk_sets.delete()
+                    .where(chunk_sets.c.video_id == location.video_id)
+                    .where(chunk_sets.c.model_id == location.model_id)
+                    .where(chunk_sets.c.config_hash == location.config_hash)
+                    .where(chunk_sets.c.window_index.not_in([row["window_index"] for row in rows]))
+                )
             if rows:
                 self._upsert(
                     conn,

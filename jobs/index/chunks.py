@@ -41,7 +41,8 @@ import av
 import numpy as np
 
 from jobs.index.decode import DecodeError, DecodeSettings, sample_frame_indices, scaled_size
-from jobs.index.sources import list_sources, local_copy, source_label
+from jobs.index.planning import register_todo
+from jobs.index.sources import list_sources_with_fingerprints, local_copy, source_label
 from jobs.index.video import sample_video
 from storage.ids import video_id_for
 
@@ -236,10 +237,17 @@ def encode_chunk(
 
 
 def index_long_video(
-    llm: VideoLLM, uri: str, config: CompressionConfig, store: Store, run_id: str | None = None
+    llm: VideoLLM,
+    uri: str,
+    config: CompressionConfig,
+    store: Store,
+    run_id: str | None = None,
+    fingerprint: str | None = None,
 ) -> tuple[TokenSet, list[Chunk]]:
     """Index one video in windows (see the module docstring); returns its video-level set and
-    its chunks, already saved in `store`. `config` is the video's (with `chunk_seconds`)."""
+    its chunks, already saved in `store` as ALL the video's chunks (a re-index replaces every
+    old chunk row) with `fingerprint`, the one its source was listed with. `config` is the
+    video's (with `chunk_seconds`)."""
     from compression import compress_video
     from compression.hierarchy import pool_token_sets
 
@@ -273,6 +281,8 @@ def index_long_video(
         [c.entry() for c in chunks],
         run_id=run_id,
         duration_s=time.perf_counter() - started,
+        fingerprint=fingerprint,
+        all_windows=True,
     )
     return video_set, chunks
 
@@ -308,12 +318,14 @@ def index_videos_in_chunks(
 ) -> ChunkedRun:
     """`index_videos` with `config.chunk_seconds` set: every video SOURCE names, in windows
     (this process, one video at a time; see the module docstring). A video that cannot be
-    decoded is recorded failed with its reason; a rerun skips indexed videos."""
+    decoded is recorded failed with its reason; a rerun skips indexed videos, and re-indexes one
+    whose source changed since (listed fingerprints, `jobs.index.planning`), its old video-level
+    set and chunks served until the new ones are recorded."""
     from storage import open_store
 
     if config.frame_size is None:
         config = dataclasses.replace(config, frame_size=loader.frame_size)
-    uris = list_sources(source)
+    sources = list_sources_with_fingerprints(source)
     store = open_store(store_url, catalog_url)
     catalog = store.catalog
     model_id, config_hash = loader.model_id, config.stable_hash()
@@ -325,15 +337,16 @@ def index_videos_in_chunks(
             "chunked": True,
         }
     )
-    todo = catalog.not_indexed(uris, model_id, config_hash, retry_failed=retry_failed)
-    catalog.register_pending(todo, model_id, config_hash, run_id=run_id)
+    todo = register_todo(
+        catalog, sources.items(), model_id, config_hash, run_id=run_id, retry_failed=retry_failed
+    ).videos
     llm = loader.load(device=device) if todo else None
     started = time.perf_counter()
     indexed = tokens_in = tokens_out = bytes_written = 0
     failures: list[tuple[str, str]] = []
-    for uri in todo:
+    for uri, fingerprint in todo:
         try:
-            video_set, _ = index_long_video(llm, uri, config, store, run_id)
+            video_set, _ = index_long_video(llm, uri, config, store, run_id, fingerprint)
         except (DecodeError, OSError) as exc:
             reason = f"decode: {exc}" if isinstance(exc, DecodeError) else f"read: {exc}"
             catalog.record_failed(uri, model_id, config_hash, reason, run_id=run_id)
@@ -351,8 +364,8 @@ def index_videos_in_chunks(
         catalog_url=catalog.url,
         model_id=model_id,
         config_hash=config_hash,
-        total=len(uris),
-        skipped=len(uris) - len(todo),
+        total=len(sources),
+        skipped=len(sources) - len(todo),
         indexed=indexed,
         tokens_in=tokens_in,
         tokens_out=tokens_out,
