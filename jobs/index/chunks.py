@@ -41,6 +41,7 @@ import av
 import numpy as np
 
 from jobs.index.decode import DecodeError, DecodeSettings, sample_frame_indices, scaled_size
+from jobs.index.heartbeat import DEFAULT_HEARTBEAT_S, check_heartbeat_interval, run_heartbeat
 from jobs.index.planning import register_todo
 from jobs.index.sources import list_sources_with_fingerprints, local_copy, source_label
 from jobs.index.video import sample_video
@@ -315,14 +316,18 @@ def index_videos_in_chunks(
     config: CompressionConfig,
     retry_failed: bool = False,
     device: str = "cpu",
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S,
 ) -> ChunkedRun:
     """`index_videos` with `config.chunk_seconds` set: every video SOURCE names, in windows
     (this process, one video at a time; see the module docstring). A video that cannot be
     decoded is recorded failed with its reason; a rerun skips indexed videos, and re-indexes one
     whose source changed since (listed fingerprints, `jobs.index.planning`), its old video-level
-    set and chunks served until the new ones are recorded."""
+    set and chunks served until the new ones are recorded. The run heartbeats every
+    `heartbeat_s` seconds (`jobs.index.heartbeat`) and records its end however it stops, so its
+    videos never stay `pending` after it."""
     from storage import open_store
 
+    check_heartbeat_interval(heartbeat_s)
     if config.frame_size is None:
         config = dataclasses.replace(config, frame_size=loader.frame_size)
     sources = list_sources_with_fingerprints(source)
@@ -337,28 +342,44 @@ def index_videos_in_chunks(
             "chunked": True,
         }
     )
-    todo = register_todo(
-        catalog, sources.items(), model_id, config_hash, run_id=run_id, retry_failed=retry_failed
-    ).videos
-    llm = loader.load(device=device) if todo else None
     started = time.perf_counter()
     indexed = tokens_in = tokens_out = bytes_written = 0
     failures: list[tuple[str, str]] = []
-    for uri, fingerprint in todo:
+    with run_heartbeat(catalog, run_id, heartbeat_s):
         try:
-            video_set, _ = index_long_video(llm, uri, config, store, run_id, fingerprint)
-        except (DecodeError, OSError) as exc:
-            reason = f"decode: {exc}" if isinstance(exc, DecodeError) else f"read: {exc}"
-            catalog.record_failed(uri, model_id, config_hash, reason, run_id=run_id)
-            failures.append((uri, reason))
-            continue
-        indexed += 1
-        tokens_in += video_set.original_count
-        tokens_out += video_set.kept_count
-        chunks = catalog.list_chunks(video_set.video_id, model_id, config_hash)
-        video = catalog.locate(video_set.video_id, model_id, config_hash)
-        bytes_written += sum(c.location.length for c in chunks) + (video.length if video else 0)
-    run = ChunkedRun(
+            todo = register_todo(
+                catalog,
+                sources.items(),
+                model_id,
+                config_hash,
+                run_id=run_id,
+                retry_failed=retry_failed,
+            ).videos
+            llm = loader.load(device=device) if todo else None
+            started = time.perf_counter()
+            for uri, fingerprint in todo:
+                try:
+                    video_set, _ = index_long_video(llm, uri, config, store, run_id, fingerprint)
+                except (DecodeError, OSError) as exc:
+                    reason = f"decode: {exc}" if isinstance(exc, DecodeError) else f"read: {exc}"
+                    catalog.record_failed(uri, model_id, config_hash, reason, run_id=run_id)
+                    failures.append((uri, reason))
+                    continue
+                indexed += 1
+                tokens_in += video_set.original_count
+                tokens_out += video_set.kept_count
+                chunks = catalog.list_chunks(video_set.video_id, model_id, config_hash)
+                video = catalog.locate(video_set.video_id, model_id, config_hash)
+                bytes_written += sum(c.location.length for c in chunks) + (
+                    video.length if video else 0
+                )
+        except BaseException:
+            # Ctrl-C, SIGTERM, a storage error: the end is recorded, the rest reads interrupted.
+            counts = {"indexed": indexed, "failed": len(failures), "interrupted": 1}
+            catalog.finish_run(run_id, counts)
+            raise
+        catalog.finish_run(run_id, {"indexed": indexed, "failed": len(failures)})
+    return ChunkedRun(
         run_id=run_id,
         store_url=store.store_url,
         catalog_url=catalog.url,
@@ -373,5 +394,3 @@ def index_videos_in_chunks(
         elapsed_s=time.perf_counter() - started,
         failures=failures,
     )
-    catalog.finish_run(run_id, {"indexed": indexed, "failed": len(failures)})
-    return run

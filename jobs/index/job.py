@@ -62,6 +62,7 @@ import numpy as np
 
 from jobs.index.cluster import ray_connection, ray_init_arguments
 from jobs.index.decode import VERBOSE_ENV, DecodeSettings
+from jobs.index.heartbeat import DEFAULT_HEARTBEAT_S, check_heartbeat_interval, run_heartbeat
 from jobs.index.resources import DEFAULT_DECODE_THREADS, Pool, Resources, check_fits, cluster_nodes
 from jobs.index.sources import list_sources_with_fingerprints, source_label
 from jobs.index.stages import (
@@ -217,6 +218,7 @@ def index_videos(
     on_progress: Callable[[int, int], None] | None = None,
     chunk_seconds: float | None = None,
     fps: float | None = None,
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S,
 ) -> IndexSummary:
     """Index the videos SOURCE names (see `jobs.index.sources`) into compressed token sets.
 
@@ -241,10 +243,14 @@ def index_videos(
     chunk_seconds / fps: index videos longer than chunk_seconds in time windows (`frames` per
     window, or `fps` frames per second), with a video-level set pooled from the chunk sets:
     `jobs.index.chunks` (in this process, without the Ray pipeline).
+    heartbeat_s: seconds between the run's heartbeats, by which a driver killed outright is
+    told from a live one (`jobs.index.heartbeat`).
     """
     if chunk_seconds is not None or fps is not None:
         return _index_in_chunks(source, store_url, catalog_url, model, config, frames, frame_size,
-                                chunk_seconds, fps, retry_failed, gpus_per_worker)  # fmt: skip
+                                chunk_seconds, fps, retry_failed, gpus_per_worker,
+                                heartbeat_s)  # fmt: skip
+    check_heartbeat_interval(heartbeat_s)
     resources = Resources(
         workers=Pool.of(workers, "workers"),
         gpus_per_worker=gpus_per_worker,
@@ -270,24 +276,29 @@ def index_videos(
         retry_failed=retry_failed,
         resources=resources,
     )
-    started = time.perf_counter()
-    tally = _Tally()
-    try:
-        started = run_pipeline(plan, tally, progress=progress, on_progress=on_progress)
-    except BaseException as exc:
-        # The run's end is recorded whatever stopped it (Ctrl-C, SIGTERM, a storage error): its
-        # videos still pending then read as interrupted, not as being indexed (see storage).
-        plan.catalog.finish_run(plan.stages.run_id, {**tally.counts(), "interrupted": 1})
-        if _is_ray_error(exc):
-            raise IndexJobStopped(
-                f"the indexing job stopped after {tally.done} of {len(plan.todo)} videos: "
-                f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}. Nothing written is "
-                "lost; the rest stay pending and a rerun with the same arguments resumes them "
-                f"(an encode batch is retried {ENCODE_BATCH_RETRIES} times before the job stops)"
-            ) from exc
-        raise
-    summary = summarise(plan, tally, time.perf_counter() - started)
-    plan.catalog.finish_run(plan.stages.run_id, summary.counts())
+    # Heartbeats from here to the recorded end (`jobs.index.heartbeat`): a driver SIGKILLed
+    # during the pipeline leaves a run that reads as ended once they stop. (Planning has none
+    # yet: plan_run should start them right after it records the run.)
+    with run_heartbeat(plan.catalog, plan.stages.run_id, heartbeat_s):
+        started = time.perf_counter()
+        tally = _Tally()
+        try:
+            started = run_pipeline(plan, tally, progress=progress, on_progress=on_progress)
+        except BaseException as exc:
+            # The run's end is recorded whatever stopped it (Ctrl-C, SIGTERM, a storage error):
+            # its videos still pending then read as interrupted, not as being indexed (storage).
+            plan.catalog.finish_run(plan.stages.run_id, {**tally.counts(), "interrupted": 1})
+            if _is_ray_error(exc):
+                raise IndexJobStopped(
+                    f"the indexing job stopped after {tally.done} of {len(plan.todo)} videos: "
+                    f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}. Nothing written "
+                    "is lost; the rest stay pending and a rerun with the same arguments resumes "
+                    f"them (an encode batch is retried {ENCODE_BATCH_RETRIES} times before the "
+                    "job stops)"
+                ) from exc
+            raise
+        summary = summarise(plan, tally, time.perf_counter() - started)
+        plan.catalog.finish_run(plan.stages.run_id, summary.counts())
     return summary
 
 
@@ -303,6 +314,7 @@ def _index_in_chunks(
     fps: float | None,
     retry_failed: bool,
     gpus_per_worker: float,
+    heartbeat_s: float,
 ) -> IndexSummary:
     """The hook to `jobs.index.chunks.index_videos_in_chunks` (see `index_videos`)."""
     from compression import CompressionConfig
@@ -327,6 +339,7 @@ def _index_in_chunks(
         config=config,
         retry_failed=retry_failed,
         device="cuda" if gpus_per_worker > 0 else "cpu",
+        heartbeat_s=heartbeat_s,
     )
     return IndexSummary(
         run_id=run.run_id,
