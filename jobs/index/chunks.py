@@ -342,7 +342,6 @@ def index_videos_in_chunks(
             "chunked": True,
         }
     )
-    started = time.perf_counter()
     indexed = tokens_in = tokens_out = bytes_written = 0
     failures: list[tuple[str, str]] = []
     with run_heartbeat(catalog, run_id, heartbeat_s):
@@ -374,7 +373,8 @@ def index_videos_in_chunks(
                     video.length if video else 0
                 )
         except BaseException:
-            # Ctrl-C, SIGTERM, a storage error: the end is recorded, the rest reads interrupted.
+            # Ctrl-C, a storage error: the end is recorded, the rest reads interrupted (a
+            # SIGTERM or SIGKILL ends the process at once: its heartbeat goes stale instead).
             counts = {"indexed": indexed, "failed": len(failures), "interrupted": 1}
             catalog.finish_run(run_id, counts)
             raise

@@ -99,7 +99,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=DEFAULT_HEARTBEAT_S,
         help="seconds between the run's heartbeats in the catalog; a run silent for several "
-        "(a killed driver) reads as ended, its videos as interrupted (default %(default)s)",
+        "(a killed driver) reads as ended, its videos as interrupted; --follow records no run "
+        "(default %(default)s)",
     )
     add(
         "--poll-seconds",

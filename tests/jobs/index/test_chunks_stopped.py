@@ -1,6 +1,6 @@
-"""A chunked run stopped by Ctrl-C (or SIGTERM, or a storage error) records its end, like the
-Ray path: its videos not yet indexed read `interrupted` at once, not `pending` until its heartbeat
-goes stale."""
+"""A chunked run stopped by Ctrl-C (or a storage error) records its end, like the Ray path: its
+videos not yet indexed read `interrupted` at once, not `pending` until its heartbeat goes
+stale."""
 
 from __future__ import annotations
 
