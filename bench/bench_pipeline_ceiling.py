@@ -31,6 +31,7 @@ import os
 import platform
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ from jobs.index.job import (
     build_dataset,
     videos_per_block,
 )
+from jobs.index.planning import TodoFile
 from jobs.index.resources import Pool, Resources
 from jobs.index.stages import ModelLoader, StageSettings, columns_of, rows_of
 from storage.ids import video_id_for
@@ -167,8 +169,11 @@ def plan_for(uris: list[str], workers: Pool) -> IndexPlan:
         device="cpu",
         batch_size=BATCH,
     )
-    todo = [(uri, None) for uri in uris]
-    return IndexPlan(settings, Resources(workers=workers), None, len(uris), todo, 0)
+    todo = TodoFile()
+    todo.add([(uri, None) for uri in uris])
+    held = ExitStack()
+    held.callback(todo.close)
+    return IndexPlan(settings, Resources(workers=workers), None, len(uris), todo, 0, held)
 
 
 def drive(dataset: Any, total: int) -> dict:

@@ -62,7 +62,7 @@ def one(size: int, scheme: str) -> dict:
                 retry_failed=False, resources=Resources(),
             )  # fmt: skip
             todo = len(plan.todo)
-            plan.todo.close()
+            plan.close()
         else:
             from jobs.index.sources import list_sources
 

@@ -33,9 +33,25 @@ Interrupted runs. A run records its end (`finish_run`) however it stops: done, C
 SIGTERM, an error (`jobs.index.job`). A video still `pending` under a run that has ended will not
 be finished by it: it reads as `interrupted` (`VideoStatus.INTERRUPTED`) in `get_video`,
 `list_videos` / `count_videos` (status filter included) and `run_summary`, and a rerun picks it up
-like any pending video (`needs_indexing`). Decision: derived from `indexing_runs.finished_at` at
-read time, not stored, so no schema change and no second write that a killed driver could miss;
-`pending` means a running run still owns the video.
+like any pending video (`needs_indexing`). Decision: derived at read time, not stored, so there is
+no second write that a killed driver could miss; `pending` means a live run still owns the video.
+
+Heartbeats (revision 0004). A driver killed outright (SIGKILL, the OOM killer, a lost node)
+records no end. So a driver also refreshes its run's heartbeat every `heartbeat_s` seconds
+(`heartbeat`; `jobs.index.heartbeat` runs it in a thread), and a run reads as ended when
+`finished_at` is set OR its heartbeat is older than `HEARTBEAT_STALE_INTERVALS` intervals: its
+pending videos then read `interrupted` everywhere, and `run_summary` reports it `stale`. Each
+heartbeat writes `stale_after` = its time + that many intervals, so the read rule is one
+timestamp comparison on both backends (`_RUN_ENDED`). A run without heartbeats (recorded before
+0004, or by a writer that does not beat) keeps the `finished_at` rule alone. A stale run whose
+driver was only stalled (a long pause, a partitioned database) reads as running again at its
+next heartbeat; a rerun meanwhile takes its videos over (`register_pending`), and both writing
+the same video is the upsert case every write already handles.
+Clock: `heartbeat_at` and `stale_after` are the WRITER's UTC clock; the rule compares them with
+the READER's clock. A reader ahead of the writer by more than (`HEARTBEAT_STALE_INTERVALS` - 1)
+intervals would read a live run as stale, one behind would notice a dead one that much later;
+NTP-synced machines are milliseconds apart, far below the default 30 s interval (the
+database server's clock would avoid skew, but SQLite has none apart from the caller's).
 
 Schema versions are Alembic revisions (`storage/migrations`); the schema is created or upgraded
 to head on first use, under a lock (SQLite's write lock, PostgreSQL's advisory lock) so
@@ -50,7 +66,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -68,13 +84,17 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 MAX_REASON_CHARS = 500
 MAX_FINGERPRINT_LENGTH = 256
 _CHUNK = 500  # ids per IN (...) query: far below every backend's bound-parameter limit
+# A run whose heartbeat is this many intervals old reads as ended (module docstring). Decision:
+# 4 tolerates three missed or late heartbeats (a slow or locked database) before a live run is
+# taken for dead.
+HEARTBEAT_STALE_INTERVALS = 4
 _MIGRATION_LOCK_ID = 0x746F6B656E72  # PostgreSQL advisory lock key ("tokenr")
 
 
 class VideoStatus(str, Enum):
     """A video's status under one (model, config). INTERRUPTED is never stored: it is how a
-    stored `pending` reads once the run that registered it has recorded its end (module
-    docstring)."""
+    stored `pending` reads once the run that registered it has ended: recorded its end, or
+    stopped heartbeating (module docstring)."""
 
     PENDING = "pending"
     INDEXED = "indexed"
@@ -111,6 +131,11 @@ indexing_runs = sa.Table(
     sa.Column("finished_at", _TS, nullable=True),
     sa.Column("settings_json", sa.Text, nullable=False),
     sa.Column("counts_json", sa.Text, nullable=True),
+    # Revision 0004: the driver's last heartbeat, its interval, and when the run reads as ended
+    # without a newer one (module docstring). NULL: a run without heartbeats.
+    sa.Column("heartbeat_at", _TS, nullable=True),
+    sa.Column("heartbeat_s", sa.Float, nullable=True),
+    sa.Column("stale_after", _TS, nullable=True),
 )
 
 video_status = sa.Table(
@@ -275,7 +300,9 @@ class Triage:
 @dataclass(frozen=True)
 class RunSummary:
     """An indexing run: its settings, the counts its job recorded at the end (`counts`, None while
-    running) and the live count of status rows last touched by it (`status_counts`)."""
+    running) and the live count of status rows last touched by it (`status_counts`). stale: not
+    finished, but its heartbeat is too old (its driver died): it reads as ended (module
+    docstring); heartbeat_at: its driver's last heartbeat (None: none recorded)."""
 
     run_id: str
     started_at: datetime
@@ -283,6 +310,8 @@ class RunSummary:
     settings: dict[str, Any]
     counts: dict[str, int] | None
     status_counts: dict[str, int]
+    stale: bool = False
+    heartbeat_at: datetime | None = None
 
 
 class Catalog:
@@ -333,11 +362,35 @@ class Catalog:
         if result.rowcount != 1:
             raise KeyError(f"unknown indexing run {run_id!r}")
 
+    def heartbeat(self, run_id: str, interval_s: float, *, at: datetime | None = None) -> None:
+        """Record that the driver of run `run_id` is alive at `at` (default: now, this machine's
+        UTC clock) and will say so again within `interval_s` seconds; without a newer heartbeat
+        the run reads as ended `HEARTBEAT_STALE_INTERVALS` intervals later (module docstring).
+        A finished run is left as it is."""
+        if not isinstance(interval_s, (int, float)) or not 0 < interval_s < float("inf"):
+            raise ValueError(f"a heartbeat interval is a positive number, got {interval_s!r}")
+        at = _now() if at is None else at
+        if at.tzinfo is None:
+            raise ValueError("a heartbeat time must be timezone-aware")
+        with self._write() as conn:
+            conn.execute(
+                indexing_runs.update()
+                .where(indexing_runs.c.run_id == run_id)
+                .where(indexing_runs.c.finished_at.is_(None))
+                .values(
+                    heartbeat_at=at,
+                    heartbeat_s=float(interval_s),
+                    stale_after=at + timedelta(seconds=HEARTBEAT_STALE_INTERVALS * interval_s),
+                )
+            )
+
     def run_summary(self, run_id: str) -> RunSummary | None:
         """The run `run_id` with live status counts, or None when unknown."""
         with self.engine.connect() as conn:
             row = conn.execute(
-                indexing_runs.select().where(indexing_runs.c.run_id == run_id)
+                sa.select(indexing_runs, _RUN_ENDED.label("run_ended")).where(
+                    indexing_runs.c.run_id == run_id
+                )
             ).first()
             if row is None:
                 return None
@@ -346,7 +399,7 @@ class Catalog:
                 .where(video_status.c.run_id == run_id)
                 .group_by(video_status.c.status)
             ).all()
-        ended = row.finished_at is not None
+        ended = bool(row.run_ended)
         return RunSummary(
             run_id=row.run_id,
             started_at=_utc(row.started_at),
@@ -354,6 +407,8 @@ class Catalog:
             settings=json.loads(row.settings_json),
             counts=None if row.counts_json is None else json.loads(row.counts_json),
             status_counts={_read_status(status, ended).value: n for status, n in counts},
+            stale=ended and row.finished_at is None,
+            heartbeat_at=_utc(row.heartbeat_at),
         )
 
     def list_runs(self, limit: int = 20, offset: int = 0) -> list[RunSummary]:
@@ -562,13 +617,19 @@ class Catalog:
         chunks: Sequence[ChunkRecord],
         *,
         run_id: str | None = None,
+        all_windows: bool = False,
     ) -> None:
         """Record chunk sets of a video and its (new) video-level token set in ONE transaction,
         so that the video-level set always stands for exactly the chunks recorded (a follower
         killed in between loses both, never one: issue 14's "never recorded twice").
 
-        `video` as for `record_indexed`; each chunk's row is keyed by the video's (video_id,
-        model_id, config_hash) and its window; recording a window again replaces its row.
+        `video` as for `record_indexed` (its `source_fingerprint` is recorded with it); each
+        chunk's row is keyed by the video's (video_id, model_id, config_hash) and its window;
+        recording a window again replaces its row. `all_windows`: `chunks` are ALL the video's
+        chunks (a whole video indexed, or re-indexed after its source changed), so the rows of
+        any other window of that key are deleted in the same transaction: a re-index with fewer
+        windows leaves no stale chunk, and until it commits the old rows are what readers see.
+        Without it (a follower appending chunks) the other windows' rows stay.
         """
         location = video.location
         rows = []
@@ -602,6 +663,14 @@ class Catalog:
         self._store_of([video, *(IndexedVideo(video.uri, "", c.location) for c in chunks)])
         with self._write() as conn:
             self._record_indexed_in(conn, [video], run_id)
+            if all_windows:
+                conn.execute(
+                    chunk_sets.delete()
+                    .where(chunk_sets.c.video_id == location.video_id)
+                    .where(chunk_sets.c.model_id == location.model_id)
+                    .where(chunk_sets.c.config_hash == location.config_hash)
+                    .where(chunk_sets.c.window_index.not_in([row["window_index"] for row in rows]))
+                )
             if rows:
                 self._upsert(
                     conn,
@@ -974,9 +1043,9 @@ class Catalog:
             stored = VideoStatus.PENDING if wanted == VideoStatus.INTERRUPTED else wanted
             query = query.where(video_status.c.status == stored.value)
             if wanted == VideoStatus.INTERRUPTED:
-                query = query.where(indexing_runs.c.finished_at.is_not(None))
+                query = query.where(_RUN_ENDED)
             elif wanted == VideoStatus.PENDING:
-                query = query.where(indexing_runs.c.finished_at.is_(None))
+                query = query.where(sa.not_(_RUN_ENDED))
         if search:
             needle = search.lower()
             matches = [sa.func.lower(videos.c.video_id).contains(needle, autoescape=True)]
@@ -998,9 +1067,21 @@ _STATUS_ROWS = video_status.join(videos).outerjoin(
     indexing_runs, video_status.c.run_id == indexing_runs.c.run_id
 )
 
+# THE rule of a run's end (module docstring): finished, or its heartbeat is stale at the reader's
+# now (evaluated when the statement runs). Never NULL, also for a row without a run (outer join):
+# each branch is false there, so NOT(...) selects the pending rows of live runs.
+_RUN_ENDED = sa.or_(
+    indexing_runs.c.finished_at.is_not(None),
+    sa.and_(
+        indexing_runs.c.stale_after.is_not(None),
+        indexing_runs.c.stale_after
+        < sa.bindparam("reader_now", callable_=lambda: _now(), type_=_TS),
+    ),
+)
+
 _RECORD_QUERY = sa.select(
     video_status,
-    indexing_runs.c.finished_at.label("run_finished_at"),
+    _RUN_ENDED.label("run_ended"),
     videos.c.uri,
     videos.c.content_hash,
     token_sets.c.file_url,
@@ -1057,7 +1138,7 @@ def _record(row: Any, store_url: str | None) -> VideoRecord:
         content_hash=row.content_hash,
         model_id=row.model_id,
         config_hash=row.config_hash,
-        status=_read_status(row.status, row.run_finished_at is not None),
+        status=_read_status(row.status, bool(row.run_ended)),
         error=row.error,
         attempts=row.attempts,
         run_id=row.run_id,

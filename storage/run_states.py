@@ -11,10 +11,12 @@ from storage.catalog import RunSummary
 
 def run_row(summary: RunSummary) -> dict[str, Any]:
     """A run as plain JSON values: state running / finished / interrupted, and its counts (the
-    final ones when recorded, else the live status counts)."""
+    final ones when recorded, else the live status counts). A run that never recorded its end
+    but whose heartbeat went stale (its driver was killed: `storage.catalog`) is interrupted."""
     final = summary.counts
     if final is None:
-        state, counts = "running", dict(summary.status_counts)
+        state = "interrupted" if summary.stale else "running"
+        counts = dict(summary.status_counts)
     else:
         state = "interrupted" if final.get("interrupted") else "finished"
         counts = {k: v for k, v in final.items() if k != "interrupted"}

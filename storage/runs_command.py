@@ -1,7 +1,8 @@
 """`tokenreel runs`: the most recent indexing runs, their counts and settings.
 
 A run that has not finished shows the live counts of the videos it touched; one stopped by an
-error or Ctrl-C shows `interrupted` (what `jobs.index` records). `--json` for scripts.
+error or Ctrl-C shows `interrupted` (what `jobs.index` records), and so does one whose driver was
+killed outright (its heartbeat went stale, `storage.catalog`). `--json` for scripts.
 """
 
 from __future__ import annotations

@@ -85,10 +85,13 @@ class Store:
         run_id: str | None = None,
         duration_s: float | None = None,
         fingerprint: str | None = None,
+        all_windows: bool = False,
     ) -> TokenSetLocation:
         """Write new chunk sets ((window, start_s, end_s, token set) each) and the video-level
         set that now stands for all of the video's chunks into one new file, then record them in
-        one catalog transaction (`Catalog.record_chunks`); the video-level set's location."""
+        one catalog transaction (`Catalog.record_chunks`, with the fingerprint the source was
+        listed with); the video-level set's location. `all_windows`: these are all the video's
+        chunks, the rows of other windows go (a re-indexed video, `Catalog.record_chunks`)."""
         locations = write_token_sets(self.store_url, [video_set, *(c[3] for c in chunks)])
         self.catalog.record_chunks(
             IndexedVideo.of(video_set, locations[0], duration_s, fingerprint),
@@ -97,6 +100,7 @@ class Store:
                 for (window, start, end, _), location in zip(chunks, locations[1:], strict=True)
             ],
             run_id=run_id,
+            all_windows=all_windows,
         )
         return locations[0]
 

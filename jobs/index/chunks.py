@@ -41,7 +41,9 @@ import av
 import numpy as np
 
 from jobs.index.decode import DecodeError, DecodeSettings, sample_frame_indices, scaled_size
-from jobs.index.sources import list_sources, local_copy, source_label
+from jobs.index.heartbeat import DEFAULT_HEARTBEAT_S, check_heartbeat_interval, run_heartbeat
+from jobs.index.planning import register_todo
+from jobs.index.sources import iter_sources, local_copy, source_label
 from jobs.index.video import sample_video
 from storage.ids import video_id_for
 
@@ -236,10 +238,17 @@ def encode_chunk(
 
 
 def index_long_video(
-    llm: VideoLLM, uri: str, config: CompressionConfig, store: Store, run_id: str | None = None
+    llm: VideoLLM,
+    uri: str,
+    config: CompressionConfig,
+    store: Store,
+    run_id: str | None = None,
+    fingerprint: str | None = None,
 ) -> tuple[TokenSet, list[Chunk]]:
     """Index one video in windows (see the module docstring); returns its video-level set and
-    its chunks, already saved in `store`. `config` is the video's (with `chunk_seconds`)."""
+    its chunks, already saved in `store` as ALL the video's chunks (a re-index replaces every
+    old chunk row) with `fingerprint`, the one its source was listed with. `config` is the
+    video's (with `chunk_seconds`)."""
     from compression import compress_video
     from compression.hierarchy import pool_token_sets
 
@@ -273,6 +282,8 @@ def index_long_video(
         [c.entry() for c in chunks],
         run_id=run_id,
         duration_s=time.perf_counter() - started,
+        fingerprint=fingerprint,
+        all_windows=True,
     )
     return video_set, chunks
 
@@ -294,6 +305,7 @@ class ChunkedRun:
     bytes_written: int  # row groups of the chunk sets and the video-level sets recorded
     elapsed_s: float
     failures: list[tuple[str, str]]
+    skipped_failed: int = 0  # failed before and not retried
 
 
 def index_videos_in_chunks(
@@ -305,15 +317,21 @@ def index_videos_in_chunks(
     config: CompressionConfig,
     retry_failed: bool = False,
     device: str = "cpu",
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S,
 ) -> ChunkedRun:
     """`index_videos` with `config.chunk_seconds` set: every video SOURCE names, in windows
     (this process, one video at a time; see the module docstring). A video that cannot be
-    decoded is recorded failed with its reason; a rerun skips indexed videos."""
+    decoded is recorded failed with its reason; a rerun skips indexed videos, and re-indexes one
+    whose source changed since (listed fingerprints, `jobs.index.planning`), its old video-level
+    set and chunks served until the new ones are recorded. The run heartbeats every
+    `heartbeat_s` seconds (`jobs.index.heartbeat`) and records its end however it stops, so its
+    videos never stay `pending` after it."""
     from storage import open_store
 
+    check_heartbeat_interval(heartbeat_s)
     if config.frame_size is None:
         config = dataclasses.replace(config, frame_size=loader.frame_size)
-    uris = list_sources(source)
+    listing = iter_sources(source)  # SOURCE's own errors before the run starts
     store = open_store(store_url, catalog_url)
     catalog = store.catalog
     model_id, config_hash = loader.model_id, config.stable_hash()
@@ -325,34 +343,54 @@ def index_videos_in_chunks(
             "chunked": True,
         }
     )
-    todo = catalog.not_indexed(uris, model_id, config_hash, retry_failed=retry_failed)
-    catalog.register_pending(todo, model_id, config_hash, run_id=run_id)
-    llm = loader.load(device=device) if todo else None
-    started = time.perf_counter()
     indexed = tokens_in = tokens_out = bytes_written = 0
     failures: list[tuple[str, str]] = []
-    for uri in todo:
+    with run_heartbeat(catalog, run_id, heartbeat_s):
         try:
-            video_set, _ = index_long_video(llm, uri, config, store, run_id)
-        except (DecodeError, OSError) as exc:
-            reason = f"decode: {exc}" if isinstance(exc, DecodeError) else f"read: {exc}"
-            catalog.record_failed(uri, model_id, config_hash, reason, run_id=run_id)
-            failures.append((uri, reason))
-            continue
-        indexed += 1
-        tokens_in += video_set.original_count
-        tokens_out += video_set.kept_count
-        chunks = catalog.list_chunks(video_set.video_id, model_id, config_hash)
-        video = catalog.locate(video_set.video_id, model_id, config_hash)
-        bytes_written += sum(c.location.length for c in chunks) + (video.length if video else 0)
-    run = ChunkedRun(
+            todo = register_todo(
+                catalog, listing, model_id, config_hash, run_id=run_id, retry_failed=retry_failed
+            )
+            try:
+                llm = loader.load(device=device) if len(todo.videos) else None
+                started = time.perf_counter()
+                for uri, fingerprint in todo.videos.rows():
+                    try:
+                        video_set, _ = index_long_video(
+                            llm, uri, config, store, run_id, fingerprint
+                        )
+                    except (DecodeError, OSError) as exc:
+                        reason = (
+                            f"decode: {exc}" if isinstance(exc, DecodeError) else f"read: {exc}"
+                        )
+                        catalog.record_failed(uri, model_id, config_hash, reason, run_id=run_id)
+                        failures.append((uri, reason))
+                        continue
+                    indexed += 1
+                    tokens_in += video_set.original_count
+                    tokens_out += video_set.kept_count
+                    chunks = catalog.list_chunks(video_set.video_id, model_id, config_hash)
+                    video = catalog.locate(video_set.video_id, model_id, config_hash)
+                    bytes_written += sum(c.location.length for c in chunks) + (
+                        video.length if video else 0
+                    )
+            finally:
+                todo.videos.close()
+        except BaseException:
+            # Ctrl-C, a storage error: the end is recorded, the rest reads interrupted (a
+            # SIGTERM or SIGKILL ends the process at once: its heartbeat goes stale instead).
+            counts = {"indexed": indexed, "failed": len(failures), "interrupted": 1}
+            catalog.finish_run(run_id, counts)
+            raise
+        catalog.finish_run(run_id, {"indexed": indexed, "failed": len(failures)})
+    return ChunkedRun(
         run_id=run_id,
         store_url=store.store_url,
         catalog_url=catalog.url,
         model_id=model_id,
         config_hash=config_hash,
-        total=len(uris),
-        skipped=len(uris) - len(todo),
+        total=todo.listed,
+        skipped=todo.listed - len(todo.videos),
+        skipped_failed=todo.skipped_failed,
         indexed=indexed,
         tokens_in=tokens_in,
         tokens_out=tokens_out,
@@ -360,5 +398,3 @@ def index_videos_in_chunks(
         elapsed_s=time.perf_counter() - started,
         failures=failures,
     )
-    catalog.finish_run(run_id, {"indexed": indexed, "failed": len(failures)})
-    return run

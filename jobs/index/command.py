@@ -16,6 +16,7 @@ import sys
 
 from compression.config import OUTER_METHODS, CompressionConfig
 from jobs.cli_options import add_model_and_sampling_options
+from jobs.index.heartbeat import DEFAULT_HEARTBEAT_S
 from storage.command_options import add_store_options
 
 
@@ -94,6 +95,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "file): index new chunks as they complete until SIGINT/SIGTERM (default: off)",
     )
     add(
+        "--heartbeat-seconds",
+        type=float,
+        default=DEFAULT_HEARTBEAT_S,
+        help="seconds between the run's heartbeats in the catalog; a run silent for several "
+        "(a killed driver) reads as ended, its videos as interrupted; --follow records no run "
+        "(default %(default)s)",
+    )
+    add(
         "--poll-seconds",
         type=float,
         default=2.0,
@@ -139,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             chunk_seconds=args.chunk_seconds,
             fps=args.fps,
+            heartbeat_s=args.heartbeat_seconds,
         )
     except ValueError as exc:
         print(f"tokenreel index: {exc}", file=sys.stderr)

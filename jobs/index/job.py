@@ -2,12 +2,12 @@
 
 `index_videos` reads as plan -> run -> summarise:
 
-* plan (driver): resolve the model, the compression config and the sampling; record the run;
-  stream the source's listing with each video's fingerprint (size + mtime, or ETag) and, in
-  chunks of `PLAN_CHUNK`, ask the catalog what is still to do (new, pending or interrupted
-  videos, and indexed ones whose source changed; failed ones with `retry_failed`), mark those
-  pending and spill them to the run's to-do file (`TodoFile`). The driver holds one chunk at a
-  time whatever the corpus size: 10^6 URIs are never a list in its memory.
+* plan (driver): resolve the model, the compression config and the sampling; record the run
+  and start its heartbeat; stream the source's listing with each video's fingerprint (size +
+  mtime, or ETag) and, a chunk at a time (`jobs.index.planning`), ask the catalog what is still
+  to do (new, pending or interrupted videos, and indexed ones whose source changed; failed ones
+  with `retry_failed`), mark those pending and spill them to the run's to-do file. The driver
+  holds one chunk at a time whatever the corpus size: 10^6 URIs are never a list in its memory.
 * run (after checking the cluster can hold the pools, `jobs.index.resources`): a streaming
   Ray Data pipeline, one row per video, in blocks of up to 64 videos (`videos_per_block`):
 
@@ -53,18 +53,19 @@ import logging
 import math
 import os
 import signal
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from jobs.index.cluster import ray_connection, ray_init_arguments
 from jobs.index.decode import VERBOSE_ENV, DecodeSettings
+from jobs.index.heartbeat import DEFAULT_HEARTBEAT_S, check_heartbeat_interval, run_heartbeat
+from jobs.index.planning import TodoFile, chunked, register_todo
 from jobs.index.resources import DEFAULT_DECODE_THREADS, Pool, Resources, check_fits, cluster_nodes
 from jobs.index.sources import iter_sources, source_label
 from jobs.index.stages import (
@@ -102,11 +103,8 @@ DECODE_TASKS_PER_WORKER = 32
 # amortise it, and at least 4 blocks per decode slot still spread a small corpus over every slot.
 MAX_VIDEOS_PER_BLOCK = 64
 BLOCKS_PER_DECODE_SLOT = 4
-# Listed videos per catalog check + pending registration while planning.
-PLAN_CHUNK = 10_000
 MAX_LISTED_FAILURES = 20
 STAGES = ("decode", "encode", "compress", "write")
-T = TypeVar("T")
 
 
 class IndexJobStopped(RuntimeError):
@@ -183,54 +181,6 @@ class IndexSummary:
         return "\n".join(lines)
 
 
-class TodoFile:
-    """A run's to-do list, (URI, listed fingerprint) per video, spilled to an anonymous temporary
-    file (Arrow IPC, one record batch per planning chunk, ~60 bytes a video) while planning and
-    streamed back to make the pipeline's input blocks, so the driver never holds it whole.
-    Decision: a local file, not the catalog, because the listed fingerprint of a pending video
-    is the run's (it becomes the recorded one only with its token set) and has no column there.
-    Deleted when closed (and by the OS if the driver dies)."""
-
-    def __init__(self) -> None:
-        import pyarrow as pa
-
-        self._schema = pa.schema([("uri", pa.string()), ("fingerprint", pa.string())])
-        # Closed by `close` (the plan's owner, `index_videos`), not by a with-block: it lives from
-        # planning to the end of the pipeline.
-        self._file = tempfile.TemporaryFile(prefix="tokenreel-todo-")  # noqa: SIM115
-        self._writer: Any = pa.ipc.new_stream(self._file, self._schema)
-        self.count = 0
-
-    def add(self, todo: Sequence[tuple[str, str | None]]) -> None:
-        """Append videos to the list (before `rows` is first called)."""
-        import pyarrow as pa
-
-        if not todo:
-            return
-        uris, fingerprints = zip(*todo, strict=True)
-        self._writer.write_batch(
-            pa.record_batch([pa.array(uris), pa.array(fingerprints)], schema=self._schema)
-        )
-        self.count += len(todo)
-
-    def rows(self) -> Iterator[tuple[str, str | None]]:
-        """The list in the order it was added, one record batch in memory at a time."""
-        import pyarrow as pa
-
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        self._file.seek(0)
-        for batch in pa.ipc.open_stream(self._file):
-            yield from zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True)
-
-    def close(self) -> None:
-        self._file.close()
-
-    def __len__(self) -> int:
-        return self.count
-
-
 @dataclass(frozen=True)
 class IndexPlan:
     """What a run will do, decided on the driver before any worker starts."""
@@ -241,6 +191,12 @@ class IndexPlan:
     listed: int  # videos the source names
     todo: TodoFile  # (URI, listed fingerprint) to index now, pending
     skipped_failed: int  # failed before and not retried
+    # Closes what the run holds until its end is recorded: its heartbeat, its to-do file.
+    resources_held: ExitStack
+
+    def close(self) -> None:
+        """Stop the run's heartbeat and delete its to-do file (after its end is recorded)."""
+        self.resources_held.close()
 
 
 def index_videos(
@@ -268,6 +224,7 @@ def index_videos(
     on_progress: Callable[[int, int], None] | None = None,
     chunk_seconds: float | None = None,
     fps: float | None = None,
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S,
 ) -> IndexSummary:
     """Index the videos SOURCE names (see `jobs.index.sources`) into compressed token sets.
 
@@ -292,10 +249,14 @@ def index_videos(
     chunk_seconds / fps: index videos longer than chunk_seconds in time windows (`frames` per
     window, or `fps` frames per second), with a video-level set pooled from the chunk sets:
     `jobs.index.chunks` (in this process, without the Ray pipeline).
+    heartbeat_s: seconds between the run's heartbeats, by which a driver killed outright is
+    told from a live one (`jobs.index.heartbeat`).
     """
     if chunk_seconds is not None or fps is not None:
         return _index_in_chunks(source, store_url, catalog_url, model, config, frames, frame_size,
-                                chunk_seconds, fps, retry_failed, gpus_per_worker)  # fmt: skip
+                                chunk_seconds, fps, retry_failed, gpus_per_worker,
+                                heartbeat_s)  # fmt: skip
+    check_heartbeat_interval(heartbeat_s)
     resources = Resources(
         workers=Pool.of(workers, "workers"),
         gpus_per_worker=gpus_per_worker,
@@ -320,16 +281,17 @@ def index_videos(
         batch_size=batch_size,
         retry_failed=retry_failed,
         resources=resources,
+        heartbeat_s=heartbeat_s,
     )
     started = time.perf_counter()
     tally = _Tally()
     try:
         started = run_pipeline(plan, tally, progress=progress, on_progress=on_progress)
     except BaseException as exc:
-        plan.todo.close()
         # The run's end is recorded whatever stopped it (Ctrl-C, SIGTERM, a storage error): its
         # videos still pending then read as interrupted, not as being indexed (see storage).
         plan.catalog.finish_run(plan.stages.run_id, {**tally.counts(), "interrupted": 1})
+        plan.close()
         if _is_ray_error(exc):
             raise IndexJobStopped(
                 f"the indexing job stopped after {tally.done} of {len(plan.todo)} videos: "
@@ -338,9 +300,9 @@ def index_videos(
                 f"(an encode batch is retried {ENCODE_BATCH_RETRIES} times before the job stops)"
             ) from exc
         raise
-    plan.todo.close()
     summary = summarise(plan, tally, time.perf_counter() - started)
     plan.catalog.finish_run(plan.stages.run_id, summary.counts())
+    plan.close()
     return summary
 
 
@@ -356,6 +318,7 @@ def _index_in_chunks(
     fps: float | None,
     retry_failed: bool,
     gpus_per_worker: float,
+    heartbeat_s: float,
 ) -> IndexSummary:
     """The hook to `jobs.index.chunks.index_videos_in_chunks` (see `index_videos`)."""
     from compression import CompressionConfig
@@ -380,6 +343,7 @@ def _index_in_chunks(
         config=config,
         retry_failed=retry_failed,
         device="cuda" if gpus_per_worker > 0 else "cpu",
+        heartbeat_s=heartbeat_s,
     )
     return IndexSummary(
         run_id=run.run_id,
@@ -397,6 +361,7 @@ def _index_in_chunks(
         pipeline_s=run.elapsed_s,
         stage_s={},
         failures=run.failures,
+        skipped_failed=run.skipped_failed,
     )
 
 
@@ -411,8 +376,11 @@ def plan_run(
     batch_size: int,
     retry_failed: bool,
     resources: Resources,
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S,
 ) -> IndexPlan:
-    """Resolve the settings, list the source, record the run and register what is to do."""
+    """Resolve the settings, record the run and start its heartbeat, stream the source's listing
+    and register what is to do (`jobs.index.planning`). The plan holds the heartbeat and the
+    to-do file until `IndexPlan.close`."""
     from compression import CompressionConfig
     from compression.models import model_name
     from storage import open_store
@@ -448,32 +416,20 @@ def plan_run(
             "retry_failed": retry_failed,
         }
     )
-    todo = TodoFile()
-    listed = skipped_failed = 0
+    held = ExitStack()
     try:
-        # In chunks: each catalog call (and its transaction) stays small whatever the corpus
-        # size, and only one chunk of the listing is in memory.
-        for chunk in _chunked(listing, PLAN_CHUNK):
-            sources: dict[str, str | None] = {}
-            for uri, fingerprint in chunk:  # a repeat in the chunk: the first one counts
-                sources.setdefault(uri, fingerprint)
-            triage = catalog.triage(
-                sources, model_id, config_hash, retry_failed=retry_failed, run_id=run_id
-            )
-            # A repeat of a URI an earlier chunk registered (`repeated`) is one video listed.
-            listed += len(sources) - triage.repeated
-            skipped_failed += triage.skipped_failed
-            # With the listed fingerprints: a changed source becomes pending again, its old
-            # token set readable until the new one is recorded (`Catalog.register_pending`).
-            catalog.register_pending(
-                triage.wanted, model_id, config_hash, run_id=run_id, fingerprints=sources
-            )
-            todo.add([(uri, sources[uri]) for uri in triage.wanted])
+        # Heartbeats from the run's start to its recorded end (`jobs.index.heartbeat`): a driver
+        # SIGKILLed while planning or running leaves a run that reads as ended once they stop.
+        held.enter_context(run_heartbeat(catalog, run_id, heartbeat_s))
+        todo = register_todo(
+            catalog, listing, model_id, config_hash, run_id=run_id, retry_failed=retry_failed
+        )
+        held.callback(todo.videos.close)
     except BaseException:
         # A bad manifest entry half-way, Ctrl-C: what was registered reads as interrupted and
         # a rerun resumes it (the run's end is recorded, as for a stopped pipeline).
-        todo.close()
         catalog.finish_run(run_id, {"indexed": 0, "failed": 0, "interrupted": 1})
+        held.close()
         raise
     stages = StageSettings(
         store_url=store.store_url,
@@ -485,7 +441,9 @@ def plan_run(
         device="cuda" if resources.gpus_per_worker > 0 else "cpu",
         batch_size=batch_size,
     )
-    return IndexPlan(stages, resources, catalog, listed, todo, skipped_failed)
+    return IndexPlan(
+        stages, resources, catalog, todo.listed, todo.videos, todo.skipped_failed, held
+    )
 
 
 def run_pipeline(
@@ -565,7 +523,7 @@ def build_dataset(
                 }
             )
         )
-        for chunk in _chunked(plan.todo.rows(), per_block)
+        for chunk in chunked(plan.todo.rows(), per_block)
     ]
     env = {"runtime_env": resources.runtime_env} if resources.runtime_env else {}
     decode_cap = None if resources.decode_workers is None else resources.decode_workers.max
@@ -606,17 +564,6 @@ def build_dataset(
             **env,
         )
     )
-
-
-def _chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    chunk: list[T] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def _decode_slots(resources: Resources) -> int:

@@ -1,4 +1,5 @@
-"""Random token sets for the storage tests (built directly: no compression algorithm involved)."""
+"""Random token sets for the storage tests (built directly: no compression algorithm involved),
+and catalogs brought to a given schema revision."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 
 from compression.config import CompressionConfig
 from compression.token_set import TokenSet
+from storage.catalog import MIGRATIONS_DIR, create_engine
 
 
 def make_token_set(
@@ -86,3 +88,19 @@ def assert_same_token_set(a: TokenSet, b: TokenSet) -> None:
         "extras",
     ):
         assert getattr(a, name) == getattr(b, name), name
+
+
+def migrate_catalog(catalog_url: str, revision: str, *, down: bool = False) -> None:
+    """Bring the catalog at `catalog_url` to `revision` with Alembic, as the shell command does."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    engine = create_engine(catalog_url)
+    with engine.connect() as conn:
+        conn = conn.execution_options(tokenreel_write=True)
+        with conn.begin():
+            config.attributes["connection"] = conn
+            (command.downgrade if down else command.upgrade)(config, revision)
+    engine.dispose()

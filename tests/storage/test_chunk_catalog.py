@@ -76,3 +76,19 @@ def test_bad_chunks_are_refused(catalog_url: str, change: dict) -> None:
         catalog.record_chunks(video, [dataclasses.replace(chunk, **change)])
     assert catalog.locate(video_id_for(URI)) is None  # nothing of the call was recorded
     catalog.close()
+
+
+def test_recording_all_windows_replaces_every_old_chunk_row_at_once(catalog_url: str) -> None:
+    """A video re-indexed after its source changed: its new chunks are all its chunks, so the
+    rows of windows it no longer has go, in the transaction that records the new ones."""
+    catalog = Catalog(catalog_url, store_url="/store")
+    video_id = video_id_for(URI)
+    catalog.record_chunks(IndexedVideo(URI, "hash", _location(0, VIDEO_CONFIG)), _chunks(range(4)))
+    shorter = IndexedVideo(
+        URI, "new", _location(0, VIDEO_CONFIG, file="f2"), source_fingerprint="b"
+    )
+    catalog.record_chunks(shorter, _chunks(range(2), file="f2"), all_windows=True)
+    assert catalog.list_chunks(video_id, MODEL, VIDEO_CONFIG) == _chunks(range(2), file="f2")
+    assert catalog.get_video(video_id, MODEL, VIDEO_CONFIG).source_fingerprint == "b"
+    assert catalog.referenced_file_urls() == {"/store/tokensets/f2.parquet"}
+    catalog.close()

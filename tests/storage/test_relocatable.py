@@ -12,28 +12,13 @@ from pathlib import Path
 import fsspec
 import pytest
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from storage_factory import assert_same_token_set, make_token_set
+from storage_factory import assert_same_token_set, make_token_set, migrate_catalog
 
 from storage import Store, open_store, video_id_for
-from storage.catalog import MIGRATIONS_DIR, Catalog, IndexedVideo, create_engine
+from storage.catalog import Catalog, IndexedVideo, create_engine
 from storage.token_files import write_token_sets
 
 MODEL = "test-model"
-
-
-def _migrate(catalog_url: str, revision: str, *, down: bool = False) -> None:
-    """Bring the catalog at `catalog_url` to `revision` with Alembic, as the shell command does."""
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    engine = create_engine(catalog_url)
-    with engine.connect() as conn:
-        conn = conn.execution_options(tokenreel_write=True)
-        with conn.begin():
-            config.attributes["connection"] = conn
-            (command.downgrade if down else command.upgrade)(config, revision)
-    engine.dispose()
 
 
 def _record_at_revision_0001(catalog_url: str, token_sets: list, locations: list) -> None:
@@ -88,7 +73,7 @@ def test_revision_0002_makes_a_catalog_relocatable_and_a_copy_reads_its_own_file
     token_sets = [make_token_set(seed) for seed in range(5)]
     locations = write_token_sets(str(original), token_sets[:3])
     locations += write_token_sets(str(original), token_sets[3:])  # two files
-    _migrate(url, "0001_initial")
+    migrate_catalog(url, "0001_initial")
     _record_at_revision_0001(url, token_sets, locations)
 
     shutil.copytree(original, copy)  # cp -a store copy
@@ -120,10 +105,10 @@ def test_revision_0002_makes_a_catalog_relocatable_and_a_copy_reads_its_own_file
 def test_revision_0002_downgrades_back_to_absolute_urls(catalog_url: str, tmp_path: Path) -> None:
     token_sets = [make_token_set(seed) for seed in range(2)]
     locations = write_token_sets(str(tmp_path / "store"), token_sets)
-    _migrate(catalog_url, "0001_initial")
+    migrate_catalog(catalog_url, "0001_initial")
     _record_at_revision_0001(catalog_url, token_sets, locations)
-    _migrate(catalog_url, "head")
-    _migrate(catalog_url, "0001_initial", down=True)
+    migrate_catalog(catalog_url, "head")
+    migrate_catalog(catalog_url, "0001_initial", down=True)
     engine = create_engine(catalog_url)
     with engine.connect() as conn:
         stored = set(conn.scalars(sa.text("SELECT file_url FROM token_sets")))

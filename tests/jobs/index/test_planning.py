@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import jobs.index.job as job
+import jobs.index.planning as planning
 from jobs.index.decode import DecodeSettings
 from jobs.index.resources import Resources
 from storage import VideoStatus, open_store
@@ -39,7 +40,7 @@ def test_the_listing_is_consumed_one_chunk_ahead_of_the_catalog(
     """Regression: planning listed the whole source into a dict before the first catalog call
     (10^6 URIs: hundreds of MB on the driver). Now each chunk is registered before the listing
     goes on: when the catalog first registers, at most one chunk has been read."""
-    monkeypatch.setattr(job, "PLAN_CHUNK", 3)
+    monkeypatch.setattr(planning, "PLAN_CHUNK", 3)
     consumed: list[str] = []
 
     def listing() -> Iterator[str]:
@@ -60,11 +61,11 @@ def test_the_listing_is_consumed_one_chunk_ahead_of_the_catalog(
     assert registered_after == [3, 6, 9, 10]
     assert planned.listed == len(planned.todo) == 10
     assert [uri for uri, _ in planned.todo.rows()] == consumed  # the listing's order
-    planned.todo.close()
+    planned.close()
 
 
 def test_the_to_do_list_is_spilled_and_streamed_back_in_order() -> None:
-    todo = job.TodoFile()
+    todo = planning.TodoFile()
     todo.add([("s3://b/1.mp4", "etag:1"), ("/v/2.mp4", None)])
     todo.add([])
     todo.add([("/v/3.mp4", "local:9:9")])
@@ -83,7 +84,7 @@ def test_a_video_named_twice_in_different_chunks_is_planned_once(
 ) -> None:
     """Repeats are dropped without holding the listing: a later chunk's repeat is found pending
     under this run in the catalog (`Catalog.triage`'s `repeated`)."""
-    monkeypatch.setattr(job, "PLAN_CHUNK", 2)
+    monkeypatch.setattr(planning, "PLAN_CHUNK", 2)
     manifest = tmp_path / "videos.txt"
     manifest.write_text("s3://b/a.mp4\ns3://b/b.mp4\ns3://b/a.mp4\ns3://b/c.mp4\ns3://b/a.mp4\n")
     planned = plan(str(manifest), tmp_path)
@@ -93,12 +94,12 @@ def test_a_video_named_twice_in_different_chunks_is_planned_once(
         "s3://b/c.mp4",
     ]
     assert planned.listed == 3
-    planned.todo.close()
+    planned.close()
     # A second run over the same manifest plans the same three: the first run's pending rows are
     # not "repeats" of the second run.
     again = plan(str(manifest), tmp_path)
     assert len(again.todo) == 3 and again.listed == 3
-    again.todo.close()
+    again.close()
 
 
 def test_a_bad_manifest_entry_half_way_ends_the_run_and_loses_nothing(
@@ -106,7 +107,7 @@ def test_a_bad_manifest_entry_half_way_ends_the_run_and_loses_nothing(
 ) -> None:
     """An error after some chunks were registered: the run records its end, so what it
     registered reads as interrupted (a rerun resumes it) instead of pending forever."""
-    monkeypatch.setattr(job, "PLAN_CHUNK", 2)
+    monkeypatch.setattr(planning, "PLAN_CHUNK", 2)
     manifest = tmp_path / "videos.txt"
     manifest.write_text("s3://b/a.mp4\ns3://b/b.mp4\ns3://b/c.mp4\ngopher://x/y.mp4\n")
     with pytest.raises(ValueError, match="entry 4: unsupported URI scheme"):
