@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_WORKDIR = "./tokenreel-demo"
+DEMO_APP = "tokenreel-demo"  # the Serve application's name
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     _quiet_library_chatter()
     os.environ.pop("RAY_ADDRESS", None)
     ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
+    serving = False
     try:
         print("[2/4] indexing (Ray Data: decode -> encode + compress -> Parquet + catalog)")
         summary = index_videos(
@@ -110,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
         print(f"[3/4] starting the service at {url}")
+        serving = True
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         app_args: dict[str, Any] = {
             "model": args.model,
@@ -117,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
             "catalog_url": catalog_url,
             "expose_source_uris": True,  # a local demo: the URIs are its own sample files
         }
-        serve.run(build_app(app_args), name="tokenreel-demo", route_prefix="/", blocking=False)
+        serve.run(build_app(app_args), name=DEMO_APP, route_prefix="/", blocking=False)
         _wait_ready(url)
 
         print(f"[4/4] asking {args.question!r} about each video")
@@ -135,7 +138,20 @@ def run(args: argparse.Namespace) -> int:
                 print(f"HTTP {response.status_code}: {response.json().get('error')}")
         print(f"\nstore: {store_url}\ncatalog: {catalog_url}")
     finally:
-        if serve.status().applications:
-            serve.shutdown()
-        ray.shutdown()
+        _stop(ray, serve if serving else None)
     return 0
+
+
+def _stop(ray: Any, serve: Any) -> None:
+    """Stop the service (`serve`: None when it was never started) and the demo's own local Ray.
+
+    Not `serve.shutdown()`: it asks Serve's controller to stop and waits on that call until the
+    controller kills itself; the call is a retriable actor task, so Ray reports it on the
+    driver's terminal as failed and to be retried ("(raylet) Task
+    ServeController.graceful_shutdown failed ..."), a Ray internal that issue 16 keeps off the
+    terminal. The demo's Ray is a local cluster of its own: deleting the application (its
+    replicas drain and stop) and then stopping Ray (which ends the controller and the proxy
+    with every other process of the cluster) leaves nothing running and no call in flight."""
+    if serve is not None and ray.is_initialized() and serve.status().applications:
+        serve.delete(DEMO_APP)
+    ray.shutdown()

@@ -25,6 +25,11 @@ applies it).
 This path runs in the calling process, one video after another, window after window (memory:
 one window's frames plus the chunk sets, ~k r of the video's tokens); scale out by running
 several commands over disjoint sources. It does not use the Ray pipeline of `jobs.index.job`.
+
+Preview (`storage.previews`): every window's sampled frames, downscaled to panels as soon as the
+window is decoded, side by side in time order: one panel per entry of the video-level set's
+`frame_timestamps` (the chunks' concatenated, as `pool_token_sets` builds them), so the console's
+token grid (sum of the chunks' T) lines up with it. Written after the token sets, quietly.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from jobs.index.planning import register_todo
 from jobs.index.sources import iter_sources, local_copy, source_label
 from jobs.index.video import sample_video
 from storage.ids import video_id_for
+from storage.previews import FrameStrip, write_preview_quietly
 
 if TYPE_CHECKING:
     from compression import CompressionConfig, TokenSet
@@ -263,19 +269,21 @@ def index_long_video(
             "content_hash": copy.content_hash,
         }
         times = frame_times(copy.path)
+        strip = FrameStrip()
         if times[-1] < config.chunk_seconds and config.fps is None:
             # One chunk: today's path, so the set is bit for bit today's.
             settings = DecodeSettings(num_frames=config.frames, frame_size=config.frame_size)
             video = sample_video(copy.path, settings)
+            strip.append(video.frames)
             encoded = llm.encode(video.frames, video.timestamps)
             token_set = compress_video(encoded, config).with_metadata(**metadata).to("cpu")
             chunks = [Chunk(Window(0, 0.0, video_end(times, times[-1])), token_set)]
         else:
             chunk_config = config.chunk_config()
-            chunks = [
-                encode_chunk(llm, piece, chunk_config, metadata)
-                for piece in windows_of(copy.path, config)
-            ]
+            chunks = []
+            for piece in windows_of(copy.path, config):
+                strip.append(piece.frames)
+                chunks.append(encode_chunk(llm, piece, chunk_config, metadata))
     video_set = pool_token_sets([c.token_set for c in chunks], config).with_metadata(**metadata)
     store.save_chunks(
         video_set,
@@ -285,6 +293,7 @@ def index_long_video(
         fingerprint=fingerprint,
         all_windows=True,
     )
+    write_preview_quietly(store.store_url, video_set, strip.jpeg())
     return video_set, chunks
 
 

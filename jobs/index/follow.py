@@ -36,6 +36,11 @@ Decisions:
 * Stopping: `stop` (a threading.Event; the command sets it on SIGINT/SIGTERM) is checked
   between units and while waiting; the unit in progress is finished and recorded first.
 * The video id is that of SOURCE's URI; the content hash is empty (the bytes keep changing).
+* Preview (`storage.previews`): after each chunk is recorded, its frames (downscaled to panels)
+  are appended to the strip of the previous video-level set and the preview is rewritten, so it
+  always has one panel per frame of the recorded set. The strip is kept in memory (bounded, see
+  `FrameStrip`) and, on a restart, read back from the store (the JPEG records its panel count);
+  panels a killed follower did not write (killed between the chunk and its preview) are grey.
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ from jobs.index.chunks import (
 from jobs.index.decode import DecodeError
 from jobs.index.sources import VIDEO_SUFFIXES, local_copy, normalize_uri
 from storage.ids import video_id_for
+from storage.previews import FrameStrip, read_preview_jpeg, write_preview_quietly
 from storage.urls import is_local
 
 if TYPE_CHECKING:
@@ -247,6 +253,7 @@ def follow_source(
     metadata = {"model_id": llm.model_id, "video_id": video_id, "source_uri": uri}
     summary = FollowSummary(video_id)
     video_set, last_window, offset = _resume(store, video_id, llm.model_id, config)
+    strip = _resume_strip(store, video_set)
     summary.last_window = last_window
     attempts: dict[int, int] = {}
     while not stop.is_set():
@@ -272,6 +279,8 @@ def follow_source(
             inputs = [chunk.token_set] if video_set is None else [video_set, chunk.token_set]
             video_set = pool_token_sets(inputs, config).with_metadata(**metadata)
             store.save_chunks(video_set, [chunk.entry()])
+            strip.append(piece.frames)
+            write_preview_quietly(store.store_url, video_set, strip.jpeg())
             last_window, offset = unit.number, chunk.window.end_s
             summary.indexed += 1
             summary.last_window = last_window
@@ -293,6 +302,24 @@ def _resume(
         return None, None, 0.0
     video_set = store.load(video_id, model_id, config_hash)
     return video_set, chunks[-1].window, chunks[-1].end_s
+
+
+def _resume_strip(store: Store, video_set: TokenSet | None) -> FrameStrip:
+    """The preview strip of the recorded video-level set, to append to: read back from the
+    store, grey panels for frames it lacks (module docstring); empty for a new video."""
+    if video_set is None:
+        return FrameStrip()
+    key = (video_set.video_id, video_set.model_id, video_set.config_hash)
+    try:
+        strip = FrameStrip.from_jpeg(read_preview_jpeg(store.store_url, *key))
+    except OSError as exc:
+        logger.warning("preview of %s not readable, its frames start grey: %s", key[0], exc)
+        strip = FrameStrip()
+    frames = len(video_set.frame_timestamps)
+    if strip.count > frames:  # not this set's strip: nothing in it can be placed
+        strip = FrameStrip()
+    strip.pad(frames)
+    return strip
 
 
 def run_follow_command(args: argparse.Namespace, config: CompressionConfig) -> int:

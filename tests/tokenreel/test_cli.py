@@ -4,6 +4,7 @@ default; a failure is one line and a non-zero exit, with the traceback only unde
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import warnings
@@ -97,3 +98,36 @@ def test_the_command_runs_as_a_process(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "no indexing runs recorded" and not result.stderr
+
+
+def _tokenreel(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """`python -m tokenreel ARGV` as a user runs it: its own process, its real stderr (which the
+    command redirects by default), temporary files (native logs) under tmp_path."""
+    env = {k: v for k, v in os.environ.items() if k not in (VERBOSE_ENV, *QUIET_RAY_ENV)}
+    env["TMPDIR"] = str(tmp_path)
+    return subprocess.run(
+        [sys.executable, "-m", "tokenreel", *argv],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
+
+
+def test_an_error_in_a_real_process_is_one_line_and_a_traceback_under_verbose(
+    tmp_path: Path,
+) -> None:
+    """The promise of the module docstring where it matters, on the process's own stderr: one
+    line naming the command by default, the whole traceback with --verbose (before or after)."""
+    argv = ["videos", "--store", str(tmp_path / "store"), "--catalog", _unusable_catalog(tmp_path)]
+    quiet = _tokenreel(tmp_path, *argv)
+    assert quiet.returncode == 1 and not quiet.stdout
+    lines = quiet.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tokenreel videos: error: "), quiet.stderr
+    assert "a-file" in lines[0]  # it says what went wrong
+    for verbose in (["--verbose", *argv], [*argv, "-v"]):
+        loud = _tokenreel(tmp_path, *verbose)
+        assert loud.returncode == 1
+        assert "Traceback (most recent call last)" in loud.stderr, loud.stderr
+        assert loud.stderr.strip().splitlines()[-1].startswith("FileExistsError: ")

@@ -29,6 +29,16 @@ def test_demo_indexes_serves_and_answers_each_video(tmp_path: Path) -> None:
     assert len(re.findall(r"^FLOPs: +[\d.]+% of the uncompressed model", out, re.M)) == 2
     assert (tmp_path / "catalog.sqlite").exists()
     assert list((tmp_path / "store").rglob("*.parquet"))
+    # Nothing of Ray's own reaches the terminal, down to the last line at shutdown (issue 16):
+    # serve.shutdown() printed "(raylet) Task ServeController.graceful_shutdown failed ...".
+    terminal = result.stdout + result.stderr
+    for foreign in ("(raylet)", "core_worker", "Traceback", "(ServeController", "(ProxyActor"):
+        assert foreign not in terminal, terminal[-3000:]
+    # The demo's own story ends the output.
+    assert (
+        out.rstrip().splitlines()[-1]
+        == f"catalog: sqlite:///{tmp_path.resolve() / 'catalog.sqlite'}"
+    )
 
 
 def test_demo_rejects_a_bad_video_count(tmp_path: Path) -> None:

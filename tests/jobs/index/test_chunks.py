@@ -20,6 +20,7 @@ from jobs.index.video import index_video, sample_video
 from serving.engine import AnswerEngine, AskJob
 from serving.time_range import chunks_for_range
 from storage import open_store
+from storage.previews import read_preview_facts, read_preview_jpeg, strip_panels
 from tokenreel.cli import main
 from tokenreel.sample_videos import write_long_video, write_video
 
@@ -82,6 +83,24 @@ def test_the_video_level_set_keeps_tokens_from_the_event(indexed: dict) -> None:
     )
     assert [(c.window, c.start_s) for c in chunks] == [(k, k * CHUNK_S) for k in range(30)]
     assert chunks[-1].end_s == pytest.approx(1200.0)
+
+
+def test_the_preview_has_a_panel_for_each_frame_of_the_video_level_set(indexed: dict) -> None:
+    from io import BytesIO
+
+    from PIL import Image
+
+    store, video_set = indexed["store"], indexed["video_set"]
+    key = (video_set.video_id, video_set.model_id, video_set.config_hash)
+    facts = read_preview_facts(store.store_url, *key)
+    jpeg = read_preview_jpeg(store.store_url, *key)
+    assert facts is not None and jpeg is not None
+    # The console draws the grid (sum of the chunks' T, H, W) over the panels: 30 windows x 8.
+    assert facts.grid == video_set.grid and facts.frames == len(video_set.frame_timestamps) == 240
+    assert facts.frames % video_set.grid[0] == 0
+    strip = Image.open(BytesIO(jpeg))
+    assert strip_panels(jpeg) == 240 and strip.width == 240 * strip.height  # 64 x 64 frames
+    assert facts.duration_s == max(video_set.frame_timestamps)
 
 
 def test_a_time_range_question_uses_only_that_chunk(indexed: dict) -> None:

@@ -22,6 +22,7 @@ from compression.models import load_video_llm
 from jobs.index.follow import follow_source
 from storage import open_store
 from storage.ids import video_id_for
+from storage.previews import read_preview_facts, read_preview_jpeg, strip_panels
 from storage.token_files import read_token_set
 from tokenreel.cli import main
 from tokenreel.sample_videos import write_long_video
@@ -49,6 +50,14 @@ def wait_for(condition: Callable[[], bool], what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up waiting for {what}")
         time.sleep(0.1)
+
+
+def preview_panels(store, source: str) -> tuple[int | None, int | None]:
+    """(frames in the preview's facts, panels in its strip) of the source's video-level set."""
+    key = (video_id_for(source), MODEL, CONFIG.stable_hash())
+    facts = read_preview_facts(store.store_url, *key)
+    jpeg = read_preview_jpeg(store.store_url, *key)
+    return (facts and facts.frames), (jpeg and strip_panels(jpeg))
 
 
 def chunk_windows(store, source: str) -> list[tuple[int, float, float]]:
@@ -93,9 +102,13 @@ def test_follow_a_directory_receiving_segments(tmp_path: Path, follower) -> None
     segments.mkdir()
     store = open_store(str(tmp_path / "store"))
     updates: list = []
-    thread = follower(
-        str(segments), store, settle_s=0.5, on_chunk=lambda chunk, video: updates.append(video)
-    )
+    previews: list = []
+
+    def on_chunk(chunk, video) -> None:
+        updates.append(video)
+        previews.append(preview_panels(store, str(segments)))
+
+    thread = follower(str(segments), store, settle_s=0.5, on_chunk=on_chunk)
     for k in range(3):
         write_segment(segments / f"seg{k:05d}.mp4", seed=k)
         wait_for(lambda k=k: len(chunk_windows(store, str(segments))) == k + 1, f"chunk {k}")
@@ -127,6 +140,8 @@ def test_follow_a_directory_receiving_segments(tmp_path: Path, follower) -> None
     assert torch.equal(video_set.index, expected.index)
     assert video_set.frame_timestamps == tuple(t for c in chunk_sets for t in c.frame_timestamps)
     assert len(updates) == 4 and updates[-1].kept_count == video_set.kept_count
+    # The preview grew with the video-level set: one panel per frame after every segment.
+    assert previews == [(4 * k, 4 * k) for k in range(1, 5)]
 
 
 def _follow_in_child(source: str, store_dir: str, llm) -> None:
@@ -186,6 +201,8 @@ def test_a_killed_follower_resumes_without_loss_or_duplicates(
     stamps = video_set.frame_timestamps
     assert len(stamps) == 5 * CONFIG.frames and list(stamps) == sorted(set(stamps))
     assert max(stamps) < 5 * SEGMENT_S <= windows[-1][2] + 1e-6
+    # The restart appended to the strip the killed follower left: one panel per frame.
+    assert preview_panels(store, str(segments)) == (len(stamps), len(stamps))
 
 
 def test_follow_a_growing_hls_playlist_on_s3(s3_bucket: str, tmp_path: Path, follower) -> None:

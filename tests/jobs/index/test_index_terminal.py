@@ -33,3 +33,32 @@ def test_index_prints_only_its_progress_and_summary(tmp_path: Path) -> None:
     foreign = [line for line in lines if not line.startswith("indexing:")]
     assert not foreign, result.stderr
     assert "videos/s" in lines[0] and "failed=1" in lines[-1] and "3/3 videos" in lines[-1]
+
+
+def test_a_bad_videos_decoder_chatter_shows_only_under_verbose(tmp_path: Path) -> None:
+    """ffmpeg's own lines about a corrupt video ("Invalid NAL unit size ...") are off the
+    terminal by default (the reason is in the summary and the catalog) and on it with --verbose.
+    The chunked path decodes in this process: no Ray to start."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    make_corrupt_video(videos / "broken.mp4")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TOKENREEL_"))}
+    env["TMPDIR"] = str(tmp_path)  # where the native stderr's log file goes by default
+    command = [sys.executable, "-m", "tokenreel", "index", str(videos), "--chunk-seconds", "60"]
+    command += ["--frames", "4", "--no-progress"]
+    runs = {}
+    for verbose in (False, True):
+        store = ["--store", str(tmp_path / f"store-{verbose}")]
+        argv = [*command, *store, *(["--verbose"] if verbose else [])]
+        runs[verbose] = subprocess.run(
+            argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
+        )
+    for result in runs.values():
+        assert result.returncode == 1, result.stderr  # the only video failed
+        assert "0 indexed, 0 skipped, 1 failed" in result.stdout
+        assert "broken.mp4: decode: " in result.stdout
+    assert not runs[False].stderr, runs[False].stderr
+    # Not merely redirected to the native stderr's log file: the decoders were quiet.
+    logs = [p.read_text(errors="replace") for p in (tmp_path / "tokenreel-logs").glob("*.log")]
+    assert not [text for text in logs if "NAL unit" in text]
+    assert "Invalid NAL unit size" in runs[True].stderr
