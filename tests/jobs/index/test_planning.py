@@ -59,6 +59,10 @@ def test_the_listing_is_consumed_one_chunk_ahead_of_the_catalog(
     monkeypatch.setattr(Catalog, "register_pending", spy)
     planned = plan(listing(), tmp_path)
     assert registered_after == [3, 6, 9, 10]
+    # The run heartbeats from its start, planning included (a driver killed while planning
+    # leaves a run that goes stale, not videos pending forever).
+    [run] = planned.catalog.list_runs()
+    assert run.heartbeat_at is not None and run.finished_at is None
     assert planned.listed == len(planned.todo) == 10
     assert [uri for uri, _ in planned.todo.rows()] == consumed  # the listing's order
     planned.close()
