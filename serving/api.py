@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
 
+import torch
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -52,6 +53,7 @@ from serving.redact import strip_paths
 from serving.schemas import (
     MAX_LIST_LIMIT,
     MAX_LIST_OFFSET,
+    MAX_VIEW_FRAMES,
     AskRequest,
     AskResponse,
     ChatCompletionRequest,
@@ -522,9 +524,24 @@ async def get_thumbnail(server: Server, record: Record, video_id: str) -> Respon
     tags=["videos"],
     responses=errors(400, 404, 409),
 )
-async def get_token_layout(server: Server, record: Record, video_id: str) -> TokenSetView:
-    """Where every token of the video went in the outer stage (no token values): what the
-    console draws as Fig. S3, and the rows `kept_visual` of an answer refer to (Fig. S2)."""
+async def get_token_layout(
+    server: Server,
+    record: Record,
+    video_id: str,
+    frame_start: int = Query(
+        default=0, ge=0, description="the window's first sampled frame (0-based, < frames_total)"
+    ),
+    frame_count: int = Query(
+        default=MAX_VIEW_FRAMES,
+        ge=1,
+        le=MAX_VIEW_FRAMES,
+        description=f"frames in the window (at most {MAX_VIEW_FRAMES}; fewer at the end)",
+    ),
+) -> TokenSetView:
+    """Where the tokens of one window of the video's sampled frames went in the outer stage (no
+    token values): what the console draws as Fig. S3, and the rows `kept_visual` of an answer
+    refer to (Fig. S2). The default window is the first `MAX_VIEW_FRAMES` frames (a short
+    video's whole), so a response is bounded whatever the video's length."""
     record.video_id = video_id
     found = await _indexed_record(server, video_id)
     try:
@@ -536,11 +553,47 @@ async def get_token_layout(server: Server, record: Record, video_id: str) -> Tok
             "(missing or corrupt); re-index the video",
             code="token_set_unreadable",
         ) from None
-    return token_set_view(found.video_id, token_set)
+    return token_set_view(found.video_id, token_set, frame_start, frame_count)
 
 
-def token_set_view(video_id: str, token_set: TokenSet) -> TokenSetView:
-    assignment = token_set.assignment
+def view_panels(token_set: TokenSet) -> tuple[int, int]:
+    """(panels, frames per grid step) a viewer lays the token set out on: one panel per sampled
+    frame, each grid step covering `frames / T` of them (Qwen2.5-VL: 2); one panel per grid
+    step when the frames are not recorded or do not split evenly over the steps (as
+    `jobs.visualize.render.frames_per_step` refuses them)."""
+    steps, frames = token_set.grid[0], token_set.frame_count
+    if frames and frames % steps == 0:
+        return frames, frames // steps
+    return steps, 1
+
+
+def token_set_view(
+    video_id: str, token_set: TokenSet, frame_start: int = 0, frame_count: int = MAX_VIEW_FRAMES
+) -> TokenSetView:
+    """The `TokenSetView` of the frames [frame_start, frame_start + frame_count) (clipped at the
+    end); a `frame_start` past the last frame is a 400 naming it."""
+    panels, per_step = view_panels(token_set)
+    if not 0 <= frame_start < panels:
+        raise InvalidRequest(
+            f"frame_start must be below the video's {panels} frames, got {frame_start}",
+            code="frame_start_out_of_bounds",
+            param="frame_start",
+        )
+    frame_end = min(frame_start + frame_count, panels)
+    step_start, step_end = frame_start // per_step, -(-frame_end // per_step)
+    _, height, width = token_set.grid
+    # The rows the window's tokens point to, and those centred in its steps (so a whole-video
+    # window lists every row, and a set without assignment still shows its kept tokens).
+    steps = token_set.index[:, 0].cpu()
+    in_window = (steps >= step_start) & (steps < step_end)
+    assignment = None
+    if token_set.assignment is not None:
+        cells = token_set.assignment.cpu()[step_start * height * width : step_end * height * width]
+        assignment = cells.tolist()
+        in_window[cells[cells >= 0].long()] = True
+    rows = torch.nonzero(in_window).flatten()
+    recorded = panels == token_set.frame_count  # else the panels are grid steps, not frames
+    stamps = token_set.frame_timestamps[frame_start:frame_end] if recorded else ()
     return TokenSetView(
         video_id=video_id,
         model_id=token_set.model_id,
@@ -549,13 +602,20 @@ def token_set_view(video_id: str, token_set: TokenSet) -> TokenSetView:
         retention_ratio=token_set.config.retention_ratio,
         grid=list(token_set.grid),
         frames=token_set.frame_count,
-        frame_timestamps=list(token_set.frame_timestamps),
+        frames_total=panels,
+        frames_per_step=per_step,
+        frame_start=frame_start,
+        frame_count=frame_end - frame_start,
+        step_start=step_start,
+        step_count=step_end - step_start,
+        frame_timestamps=list(stamps),
         original_count=token_set.original_count,
         kept_count=token_set.kept_count,
-        assignment=None if assignment is None else assignment.cpu().tolist(),
-        kind=token_set.kind.cpu().tolist(),
-        index=token_set.index.cpu().tolist(),
-        size=token_set.size.cpu().tolist(),
+        assignment=assignment,
+        rows=rows.tolist(),
+        kind=token_set.kind.cpu()[rows].tolist(),
+        index=token_set.index.cpu()[rows].tolist(),
+        size=token_set.size.cpu()[rows].tolist(),
     )
 
 

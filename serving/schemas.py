@@ -26,6 +26,7 @@ MAX_CONVERSATION_CHARS = 16000
 MAX_TOP_K = 1000
 MAX_LIST_LIMIT = 500
 MAX_LIST_OFFSET = 10**9
+MAX_VIEW_FRAMES = 64  # frames of one GET /v1/videos/{id}/tokens window (its default too)
 MAX_MERGE_STEPS = 8
 DEFAULT_MAX_NEW_TOKENS = 64
 
@@ -196,9 +197,10 @@ class AskResponse(BaseModel):
     )
     kept_visual: list[int] | None = Field(
         default=None,
-        description="rows of the token set the merge kept after its last step (Fig. S2), in "
-        "the order of GET /v1/videos/{id}/tokens (with a time range: of the token set built "
-        "for the range); only with `include_kept_visual`, null when no merge ran",
+        description="rows of the token set the merge kept after its last step (Fig. S2), "
+        "numbered as `assignment` and `rows` of GET /v1/videos/{id}/tokens number them (with a "
+        "time range: rows of the token set built for the range); only with "
+        "`include_kept_visual`, null when no merge ran",
     )
 
 
@@ -230,11 +232,19 @@ class VideoInfo(BaseModel):
 
 
 class TokenSetView(BaseModel):
-    """What a viewer needs to draw each token's fate (Figs. S2/S3) over the sampled frames:
-    no token values. Token cell i (original order, i = (t * H + h) * W + w) is represented by
-    row `assignment[i]` of the token set (-1: dropped); row r is a `kind[r]` token (0 selected,
-    1 cluster) at grid position `index[r]` (a cluster's centre). Rows of an answer's
-    `kept_visual` are rows of this token set."""
+    """What a viewer needs to draw each token's fate (Figs. S2/S3) over one window of the sampled
+    frames: no token values. Token cell i of the window (i = ((t - step_start) * H + h) * W + w,
+    original order) is represented by row `assignment[i]` of the token set (-1: dropped); the
+    window's rows are listed in `rows` (ascending), and row `rows[j]` is a `kind[j]` token (0
+    selected, 1 cluster) at grid position `index[j]` (a cluster's centre) standing for `size[j]`
+    original tokens. Rows of an answer's `kept_visual` are rows of this token set.
+
+    Decision (issue 16): a long video (hours, thousands of sampled frames) is viewed one window of
+    at most `MAX_VIEW_FRAMES` frames at a time, so a response stays bounded whatever the video's
+    length: `assignment` covers only the grid steps the window's frames fall in, and `rows` only
+    the rows those tokens point to plus the rows centred in those steps. A short video's first
+    window is the whole video: then `rows` is 0..kept_count-1 and every field reads as it did
+    before windows (`kind[r]` is row r's kind)."""
 
     video_id: str
     model_id: str
@@ -243,10 +253,25 @@ class TokenSetView(BaseModel):
     retention_ratio: float
     grid: list[int] = Field(description="(T, H, W) of the full token grid")
     frames: int = Field(description="sampled frames (0: not recorded); T divides it")
-    frame_timestamps: list[float]
-    original_count: int
-    kept_count: int
-    assignment: list[int] | None = Field(description="null: made before fates were kept")
+    frames_total: int = Field(
+        description="the frames a window is taken from: `frames`, or T (one panel per grid "
+        "step) when the sampled frames are not recorded or do not split evenly over T"
+    )
+    frames_per_step: int = Field(description="frames one grid step covers (Qwen2.5-VL: 2)")
+    frame_start: int = Field(description="the window's first frame (0-based)")
+    frame_count: int = Field(description="frames in the window (fewer than asked at the end)")
+    step_start: int = Field(description="the first grid step the window's frames fall in")
+    step_count: int = Field(description="grid steps `assignment` covers")
+    frame_timestamps: list[float] = Field(
+        description="seconds of the window's frames (empty when the panels are grid steps)"
+    )
+    original_count: int = Field(description="original tokens of the whole video")
+    kept_count: int = Field(description="rows of the whole token set")
+    assignment: list[int] | None = Field(
+        description="the row of each original token of the window's steps (-1: dropped); "
+        "null: made before fates were kept"
+    )
+    rows: list[int] = Field(description="the token-set rows `kind`, `index`, `size` describe")
     kind: list[int]
     index: list[list[int]]
     size: list[int]
