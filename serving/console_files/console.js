@@ -16,6 +16,13 @@ const KEPT = 0, MERGED = 1, DROPPED = 2;
 const FATE_COLOURS = [COLOURS.kept, COLOURS.merged, COLOURS.dropped];
 const DARKEN = 0.35; // brightness left to the cells layer K did not keep (as render.py)
 const PANEL_WIDTH = 160, GAP = 4, MAX_COLUMNS = 8;
+// A panel is never taller than this: a long video's preview strip is squeezed to tiny panels
+// whose rounded sizes may distort the aspect; with at most FRAME_PAGE panels the figure is then
+// at most 8 rows of this height, well inside a canvas's limits (32,767 px a side in Chromium).
+const MAX_PANEL_HEIGHT = 2 * PANEL_WIDTH;
+// Frames drawn at a time, each page fetched on its own (the API's maximum window is 64 frames),
+// so a video of hours is drawn one bounded window after another, never all of it at once.
+const FRAME_PAGE = 64;
 
 let apiKey = sessionStorage.getItem(KEY_STORAGE) || "";
 const library = { search: "", status: "", offset: 0, total: 0 };
@@ -168,16 +175,18 @@ async function showLibrary() {
 
 // -- one video: the fates of its tokens ----------------------------------------------------------
 
+// The panels of the view's window of frames (view.frame_start onwards), MAX_COLUMNS a row.
 function figureLayout(view, strip) {
-  const [steps, rows, cols] = view.grid;
-  let frames = view.frames && view.frames % steps === 0 ? view.frames : steps;
+  const [, rows, cols] = view.grid;
   let aspect = rows / cols;
   if (strip && view.frames) aspect = strip.height / (strip.width / view.frames);
+  const frames = view.frame_count;
   const columns = Math.min(MAX_COLUMNS, frames);
-  const panelHeight = Math.max(8, Math.round(PANEL_WIDTH * aspect));
+  const panelHeight = Math.min(MAX_PANEL_HEIGHT, Math.max(8, Math.round(PANEL_WIDTH * aspect)));
   const cellSide = Math.min(Math.floor(PANEL_WIDTH / cols), Math.floor(panelHeight / rows));
   return {
-    frames, columns, perStep: frames / steps, grid: view.grid,
+    frames, frameStart: view.frame_start, stepStart: view.step_start, columns,
+    perStep: view.frames_per_step, grid: view.grid,
     panelWidth: PANEL_WIDTH, panelHeight, gap: GAP,
     line: Math.max(2, Math.floor(cellSide / 8)),
     width: GAP + columns * (PANEL_WIDTH + GAP),
@@ -191,7 +200,8 @@ function panelOrigin(layout, frame) {
     layout.gap + row * (layout.panelHeight + layout.gap)];
 }
 
-// (x0, y0, x1, y1), inclusive, of token (h, w) on the panel of `frame` (render.py's patch_box).
+// (x0, y0, x1, y1), inclusive, of token (h, w) on the panel of the window's `frame`-th frame
+// (render.py's patch_box).
 function cellBox(layout, frame, h, w) {
   const [ox, oy] = panelOrigin(layout, frame);
   const [, rows, cols] = layout.grid;
@@ -217,7 +227,8 @@ function prepareCanvas(canvas, layout) {
   canvas.width = layout.width;
   canvas.height = layout.height;
   canvas.dataset.layout = JSON.stringify({
-    frames: layout.frames, columns: layout.columns, perStep: layout.perStep, grid: layout.grid,
+    frames: layout.frames, frameStart: layout.frameStart, columns: layout.columns,
+    perStep: layout.perStep, grid: layout.grid,
     panelWidth: layout.panelWidth, panelHeight: layout.panelHeight, gap: layout.gap,
     line: layout.line,
   });
@@ -228,11 +239,13 @@ function prepareCanvas(canvas, layout) {
 }
 
 function drawPanels(context, layout, strip, view) {
+  // The strip has one panel per sampled frame; when the panels are grid steps, grey.
+  const fromStrip = strip && view.frames === view.frames_total;
+  const frameWidth = fromStrip ? strip.width / view.frames : 0;
   for (let f = 0; f < layout.frames; f += 1) {
     const [x, y] = panelOrigin(layout, f);
-    if (strip && view.frames === layout.frames) {
-      const frameWidth = strip.width / layout.frames;
-      context.drawImage(strip, f * frameWidth, 0, frameWidth, strip.height,
+    if (fromStrip) {
+      context.drawImage(strip, (layout.frameStart + f) * frameWidth, 0, frameWidth, strip.height,
         x, y, layout.panelWidth, layout.panelHeight);
     } else {
       context.fillStyle = "#888";
@@ -241,21 +254,28 @@ function drawPanels(context, layout, strip, view) {
   }
 }
 
-// Each original token's fate in the outer stage, in original (t, h, w) raster order.
-function fates(view) {
-  return view.assignment.map((row) =>
-    row < 0 ? DROPPED : view.kind[row] === 1 ? MERGED : KEPT);
+// The kind of each row the view lists (view.rows: the rows its window needs).
+function rowKinds(view) {
+  return new Map(view.rows.map((row, j) => [row, view.kind[j]]));
 }
 
+// Each original token's fate in the outer stage, for the window's grid steps in (t, h, w)
+// raster order (as view.assignment).
+function fates(view) {
+  const kinds = rowKinds(view);
+  return view.assignment.map((row) =>
+    row < 0 ? DROPPED : kinds.get(row) === 1 ? MERGED : KEPT);
+}
+
+// visit(frame in the window, index in view.assignment, h, w) for every token cell drawn.
 function forEachCell(layout, visit) {
-  const [steps, rows, cols] = layout.grid;
+  const [, rows, cols] = layout.grid;
   for (let f = 0; f < layout.frames; f += 1) {
-    const t = Math.floor(f / layout.perStep);
+    const t = Math.floor((layout.frameStart + f) / layout.perStep) - layout.stepStart;
     for (let h = 0; h < rows; h += 1) {
       for (let w = 0; w < cols; w += 1) visit(f, (t * rows + h) * cols + w, h, w);
     }
   }
-  return steps;
 }
 
 function drawOuterStage(canvas, view, strip) {
@@ -268,10 +288,13 @@ function drawOuterStage(canvas, view, strip) {
     outline(context, cellBox(layout, f, h, w), FATE_COLOURS[fate[cell]], layout.line);
   });
   context.fillStyle = COLOURS.merged;
-  view.index.forEach(([t, h, w], row) => {
-    if (view.kind[row] !== 1) return;
-    for (let f = t * layout.perStep; f < (t + 1) * layout.perStep; f += 1) {
-      const [x0, y0, x1, y1] = cellBox(layout, f, h, w);
+  const end = layout.frameStart + layout.frames;
+  view.index.forEach(([t, h, w], j) => {
+    if (view.kind[j] !== 1) return;
+    // The centre's frames that are in the window (a cluster may be centred outside it).
+    const first = Math.max(t * layout.perStep, layout.frameStart);
+    for (let g = first; g < Math.min((t + 1) * layout.perStep, end); g += 1) {
+      const [x0, y0, x1, y1] = cellBox(layout, g - layout.frameStart, h, w);
       const radius = Math.max(1.5, Math.min(x1 - x0, y1 - y0) / 6);
       context.beginPath();
       context.arc((x0 + x1) / 2, (y0 + y1) / 2, radius, 0, 2 * Math.PI);
@@ -305,6 +328,7 @@ async function showVideo(videoId) {
   $("ask-error").textContent = "";
   $("answer-figures").hidden = true;
   $("fig-s2-block").hidden = true;
+  $("frame-controls").hidden = true;
   $("video-title").textContent = videoId;
   const id = encodeURIComponent(videoId);
   const info = await getJson(`/v1/videos/${id}`);
@@ -317,14 +341,35 @@ async function showVideo(videoId) {
   const canvas = $("fig-s3");
   canvas.width = canvas.height = 0;
   if (info.status === "indexed") {
-    const [view, strip] = await Promise.all([getJson(`/v1/videos/${id}/tokens`), frameStrip(videoId)]);
+    // kept: the rows layer K kept for the last question (Fig. S2), redrawn on every window.
+    const video = { id: videoId, view: null, strip: await frameStrip(videoId), kept: null };
+    currentVideo = video;
+    await showFrames(video, 0);
+    if (video !== currentVideo) return; // another video was opened meanwhile
+    const view = video.view;
     facts.method = `${view.method} at r = ${view.retention_ratio}`;
     facts["kept share"] = `${((100 * view.kept_count) / view.original_count).toFixed(1)} %`;
-    currentVideo = { id: videoId, view, strip };
-    drawOuterStage(canvas, view, strip);
   }
   renderFacts($("video-facts"), facts);
   $("ask").disabled = currentVideo === null;
+}
+
+// Fetch and draw the window of FRAME_PAGE frames from `frameStart` (Figs. S3 and, after a
+// question, S2), with "frames X-Y of Z" and the previous/next buttons.
+async function showFrames(video, frameStart) {
+  video.pending = frameStart;
+  const params = new URLSearchParams({ frame_start: frameStart, frame_count: FRAME_PAGE });
+  const view = await getJson(`/v1/videos/${encodeURIComponent(video.id)}/tokens?${params}`);
+  // A later page (or another video) was asked for meanwhile: its answer draws, not this one.
+  if (video !== currentVideo || video.pending !== frameStart) return;
+  video.view = view;
+  drawOuterStage($("fig-s3"), view, video.strip);
+  if (video.kept) drawKeptAtLayerK($("fig-s2"), view, video.strip, video.kept);
+  const last = view.frame_start + view.frame_count;
+  $("frame-info").textContent = `frames ${view.frame_start + 1}\u2013${last} of ${view.frames_total}`;
+  $("prev-frames").disabled = view.frame_start === 0;
+  $("next-frames").disabled = last >= view.frames_total;
+  $("frame-controls").hidden = false;
 }
 
 function renderFacts(list, facts) {
@@ -414,10 +459,10 @@ function showAnswerFigures(figures, video) {
     body.append(row);
   }
   $("answer-figures").hidden = false;
-  if (figures.kept_visual) {
-    $("fig-s2-block").hidden = false;
-    drawKeptAtLayerK($("fig-s2"), video.view, video.strip, figures.kept_visual);
-  }
+  video.kept = figures.kept_visual || null;
+  if (video !== currentVideo) return;
+  $("fig-s2-block").hidden = video.kept === null;
+  if (video.kept) drawKeptAtLayerK($("fig-s2"), video.view, video.strip, video.kept);
 }
 
 // -- runs ---------------------------------------------------------------------------------------
@@ -498,6 +543,14 @@ $("prev-page").addEventListener("click", () => {
 $("next-page").addEventListener("click", () => {
   library.offset += PAGE_SIZE;
   showLibrary().catch(reportError);
+});
+$("prev-frames").addEventListener("click", () => {
+  const video = currentVideo;
+  if (video) showFrames(video, Math.max(0, video.view.frame_start - FRAME_PAGE)).catch(reportError);
+});
+$("next-frames").addEventListener("click", () => {
+  const video = currentVideo;
+  if (video) showFrames(video, video.view.frame_start + video.view.frame_count).catch(reportError);
 });
 $("ask-form").addEventListener("submit", (event) => {
   event.preventDefault();
