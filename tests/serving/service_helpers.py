@@ -61,11 +61,15 @@ class ConsoleStore:
     interrupted: str  # pending: its indexing run was interrupted
 
 
+CONSOLE_LONG_FRAMES = 72  # more than the video page draws at a time (64 frames)
+
+
 def write_console_store(root: Path) -> ConsoleStore:
-    """A local store with two videos indexed for the tiny LLaVA-OV (one by the paper's method,
-    one by VisionZip, whose token set has all three fates: kept, merged, dropped), each with the
-    preview the indexing job makes, one video that failed, the run that did it all, and a later
-    run that was interrupted, leaving one video pending."""
+    """A local store with three videos indexed for the tiny LLaVA-OV (one by the paper's method,
+    two by VisionZip, whose token sets have all three fates: kept, merged, dropped; one of them
+    of `CONSOLE_LONG_FRAMES` frames, more than one page), each with the preview the indexing job
+    makes, one video that failed, the run that did it all, and a later run that was interrupted,
+    leaving one video pending."""
     from compression import CompressionConfig, compress_video
     from compression.models import load_video_llm
     from storage.ids import video_id_for
@@ -76,10 +80,11 @@ def write_console_store(root: Path) -> ConsoleStore:
     llm = load_video_llm("tiny-llava-ov", device="cpu")
     store = open_store(str(root))
     run = store.catalog.start_run({"source": "/srv/archive", "model": llm.model_id})
-    indexed = {"consoleours01": "ours", "consolevzip02": "visionzip"}
+    indexed = {"consoleours01": "ours", "consolevzip02": "visionzip", "consolelong03": "visionzip"}
     for i, (video_id, method) in enumerate(indexed.items()):
-        frames = synthetic_frames(4, 64, 48, seed=i)
-        encoded = llm.encode(frames, [0.0, 0.5, 1.0, 1.5])
+        count = CONSOLE_LONG_FRAMES if video_id == "consolelong03" else 4
+        frames = synthetic_frames(count, 64, 48, seed=i)
+        encoded = llm.encode(frames, [0.5 * f for f in range(count)])
         config = CompressionConfig(retention_ratio=0.25, method=method)
         token_set = compress_video(encoded, config).with_metadata(
             model_id=llm.model_id, video_id=video_id, source_uri=f"/srv/archive/{video_id}.mp4"

@@ -22,7 +22,13 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from service_helpers import ConsoleStore, serving, wait_for_ok, write_console_store
+from service_helpers import (
+    CONSOLE_LONG_FRAMES,
+    ConsoleStore,
+    serving,
+    wait_for_ok,
+    write_console_store,
+)
 
 CHROMIUM = Path(os.environ.get("TOKENREEL_CHROMIUM", "/usr/bin/chromium"))
 API_KEY = "console-test-key"
@@ -144,12 +150,13 @@ def _outline_pixel(layout: dict, frame: int, h: int, w: int) -> tuple[int, int]:
 
 
 def _cells(layout: dict) -> Iterator[tuple[int, int, int, int]]:
-    """(frame, t, h, w) of every token cell drawn."""
+    """(frame in the drawn window, t, h, w) of every token cell drawn."""
     _, rows, cols = layout["grid"]
     for frame in range(layout["frames"]):
+        t = (layout["frameStart"] + frame) // layout["perStep"]
         for h in range(rows):
             for w in range(cols):
-                yield frame, frame // layout["perStep"], h, w
+                yield frame, t, h, w
 
 
 def _close(pixel: np.ndarray, colour: tuple[int, int, int]) -> bool:
@@ -163,7 +170,7 @@ def _token_set(store: ConsoleStore, video_id: str):
 
 
 def test_the_outer_stage_fates_are_drawn_at_their_cells(page, store: ConsoleStore) -> None:
-    from jobs.visualize.render import FATE_COLOURS, token_fates
+    from jobs.visualize.render import token_fates
 
     video = "consolevzip02"  # VisionZip: kept, merged and dropped tokens
     token_set = _token_set(store, video)
@@ -174,20 +181,45 @@ def test_the_outer_stage_fates_are_drawn_at_their_cells(page, store: ConsoleStor
     sync_api.expect(page.locator("body")).to_have_attribute("data-ready", f"#/video/{video}")
     pixels, layout = _canvas_pixels(page, "#fig-s3")
     assert layout["frames"] == token_set.frame_count == 4 and layout["grid"] == [4, 3, 3]
+    assert not _wrong_fates(pixels, layout, fates)
+    sync_api.expect(page.locator("#frame-info")).to_have_text("frames 1\u20134 of 4")
+
+
+def _wrong_fates(pixels: np.ndarray, layout: dict, fates: np.ndarray) -> list:
+    """The cells of the drawn window whose outline is not their fate's colour."""
+    from jobs.visualize.render import FATE_COLOURS
+
     wrong = []
     for frame, t, h, w in _cells(layout):
         expected = FATE_COLOURS[int(fates[t, h, w])]
         pixel = pixels[_outline_pixel(layout, frame, h, w)]
         if not _close(pixel, expected):
             wrong.append((frame, h, w, tuple(pixel), expected))
-    assert not wrong, wrong
+    return wrong
+
+
+def _wrong_kept(pixels: np.ndarray, layout: dict, assignment: np.ndarray, kept_rows: set) -> list:
+    """The cells of the drawn window outlined as kept at layer K, or not, wrongly."""
+    from jobs.visualize.render import QUESTION_KEPT_COLOUR
+
+    wrong = []
+    for frame, t, h, w in _cells(layout):
+        kept = int(assignment[t, h, w]) in kept_rows
+        pixel = pixels[_outline_pixel(layout, frame, h, w)]
+        if kept != _close(pixel, QUESTION_KEPT_COLOUR):
+            wrong.append((frame, h, w, kept, tuple(pixel)))
+    return wrong
+
+
+def _figure_height(layout: dict, frames: int) -> int:
+    """The canvas height of `frames` panels laid out as the page lays them out."""
+    rows = -(-frames // layout["columns"])
+    return layout["gap"] + rows * (layout["panelHeight"] + layout["gap"])
 
 
 def test_a_question_streams_its_answer_and_draws_what_layer_k_kept(
     page, store: ConsoleStore, service: str
 ) -> None:
-    from jobs.visualize.render import QUESTION_KEPT_COLOUR
-
     video = "consolevzip02"  # all three fates in the screenshot
     with api(service) as client:
         whole = client.post(
@@ -216,16 +248,60 @@ def test_a_question_streams_its_answer_and_draws_what_layer_k_kept(
     assert 0 < len(kept_rows) < token_set.kept_count
     assignment = token_set.assignment.reshape(token_set.grid).numpy()
     pixels, layout = _canvas_pixels(page, "#fig-s2")
-    wrong = []
-    for frame, t, h, w in _cells(layout):
-        kept = int(assignment[t, h, w]) in kept_rows
-        pixel = pixels[_outline_pixel(layout, frame, h, w)]
-        if kept != _close(pixel, QUESTION_KEPT_COLOUR):
-            wrong.append((frame, h, w, kept, tuple(pixel)))
-    assert not wrong, wrong
+    assert not _wrong_kept(pixels, layout, assignment, kept_rows)
 
     if os.environ.get(SCREENSHOT_ENV):
         page.screenshot(path=os.environ[SCREENSHOT_ENV], full_page=True)
+
+
+def test_a_long_video_is_drawn_one_window_of_frames_at_a_time(
+    page, store: ConsoleStore, service: str
+) -> None:
+    """Issue 16: a video of more frames than a page holds is drawn one window at a time (the
+    canvas never holds more than a window), the next window's cells carry their own tokens'
+    fates, and the question's Fig. S2 follows the window shown."""
+    from jobs.visualize.render import token_fates
+
+    video, total = "consolelong03", CONSOLE_LONG_FRAMES
+    with api(service) as client:
+        whole = client.post(
+            f"/v1/videos/{video}/ask", json={"question": QUESTION, "include_kept_visual": True}
+        )
+    assert whole.status_code == 200, whole.text
+    kept_rows = set(whole.json()["kept_visual"])
+    token_set = _token_set(store, video)
+    fates = token_fates(token_set)
+    assignment = token_set.assignment.reshape(token_set.grid).numpy()
+    sign_in(page)
+    page.goto(f"/ui/#/video/{video}")
+    sync_api.expect(page.locator("body")).to_have_attribute("data-ready", f"#/video/{video}")
+    info, canvas = page.locator("#frame-info"), page.locator("#fig-s3")
+    sync_api.expect(info).to_have_text(f"frames 1\u201364 of {total}")
+    assert page.locator("#prev-frames").is_disabled()
+    layout = json.loads(canvas.get_attribute("data-layout"))
+    assert (layout["frameStart"], layout["frames"]) == (0, 64)
+    # Bounded: the canvas holds the 64 frames of the window, not the video's 72.
+    height = canvas.evaluate("c => c.height")
+    assert height == _figure_height(layout, 64) < _figure_height(layout, total)
+    page.locator("#question").fill(QUESTION)
+    page.locator("#ask").click()
+    sync_api.expect(page.locator("#answer")).to_have_attribute("data-done", "true", timeout=120_000)
+
+    page.locator("#next-frames").click()
+    sync_api.expect(info).to_have_text(f"frames 65\u2013{total} of {total}")
+    assert page.locator("#next-frames").is_disabled()
+    pixels, layout = _canvas_pixels(page, "#fig-s3")
+    assert (layout["frameStart"], layout["frames"]) == (64, total - 64)
+    assert canvas.evaluate("c => c.height") == _figure_height(layout, total - 64)
+    assert not _wrong_fates(pixels, layout, fates)
+    pixels, layout = _canvas_pixels(page, "#fig-s2")
+    assert (layout["frameStart"], layout["frames"]) == (64, total - 64)
+    assert not _wrong_kept(pixels, layout, assignment, kept_rows)
+
+    page.locator("#prev-frames").click()
+    sync_api.expect(info).to_have_text(f"frames 1\u201364 of {total}")
+    assert json.loads(canvas.get_attribute("data-layout"))["frameStart"] == 0
+    assert canvas.evaluate("c => c.height") == height
 
 
 def test_the_console_endpoints_answer_like_the_rest_of_the_api(
