@@ -19,7 +19,7 @@ from compression.token_set import EncodedVideo, TokenSet, grid_index
 from serving.api import token_set_view
 from serving.schemas import MAX_VIEW_FRAMES
 
-HEIGHT, WIDTH = 3, 4
+HEIGHT, WIDTH = 3, 3
 LONG_STEPS, PER_STEP = 150, 2  # 300 sampled frames, two per grid step (as Qwen2.5-VL)
 SHORT_STEPS = 4
 
@@ -37,7 +37,7 @@ def _token_set(video_id: str, steps: int, per_step: int) -> TokenSet:
         grid=grid,
         frame_timestamps=tuple(0.5 * f for f in range(steps * per_step)),
     )
-    config = CompressionConfig(retention_ratio=0.1, method="visionzip")
+    config = CompressionConfig(retention_ratio=0.25, method="visionzip")
     return compress_video(encoded, config).with_metadata(
         model_id="tiny-llava-ov", video_id=video_id, source_uri=f"/srv/archive/{video_id}.mp4"
     )
