@@ -12,10 +12,15 @@ a private RAY_TMPDIR (set by the test), and a stop that ends only this cluster's
 (those whose command line names that folder), never `ray stop`.
 
 The job: `--ray-address HOST:PORT`, an elastic encode pool 1:2 asking for the custom resource
-`encoder` (a GPU's stand-in) that only the `encoder` node type has (0 to 2 nodes), and
-`skip_resource_check` (the cluster cannot hold the pool until it scales). Prints one JSON
-object: the nodes alive before, the nodes the encoders ran on, the job's counts, and the nodes
-alive once the cluster settled after the job (the autoscaler removes idle encoder nodes after
+`encoder` (a GPU's stand-in) that only the `encoder` node type has (0 to 2 nodes, one actor
+each), and `skip_resource_check` (the cluster cannot hold the pool until it scales). The pool's
+first actor makes the autoscaler add a first node; while batches queue, Ray Data adds a second
+actor, for which the autoscaler adds a second node. The first encoder waits after its first
+batch until an encoder has started on another node (at most `GROWTH_WAIT_S`), so the job cannot
+end before the pool had the chance to grow onto the added node, whatever the machine's speed;
+if it never grows, the wait runs out and the test sees one encoder node. Prints one JSON object:
+the nodes alive before, the nodes the encoders ran on, the job's counts, and the nodes alive
+once the cluster settled after the job (the autoscaler removes idle encoder nodes after
 `idle_timeout_minutes`).
 """
 
@@ -42,6 +47,7 @@ MODEL = "tiny-llava-ov"
 VIDEOS = 8
 IDLE_TIMEOUT_MINUTES = 0.1  # 6 s: an encoder node idle this long is removed
 SCALE_DOWN_WAIT_S = 180.0
+GROWTH_WAIT_S = 180.0
 
 
 def fake_cluster_config(port: int) -> dict:
@@ -121,11 +127,41 @@ def stop_cluster(ray_tmp: str) -> None:
 
 
 def load_recording_node(directory: str, device: str = "cpu"):
-    """The tiny model, after noting which node this encode actor runs on."""
+    """The tiny model, after noting which node this encode actor runs on; the first actor's
+    model waits for help (see the module docstring)."""
     import ray
 
-    Path(directory, f"encoder-{ray.get_runtime_context().get_node_id()}").touch()
-    return load_video_llm(MODEL, device=device)
+    marks = Path(directory)
+    node = ray.get_runtime_context().get_node_id()
+    (marks / f"encoder-{node}").touch()
+    model = load_video_llm(MODEL, device=device)
+    try:  # exactly one actor creates the "first" file
+        (marks / "first").open("x").close()
+    except FileExistsError:
+        return model
+    return WaitsForHelp(model, marks, node)
+
+
+class WaitsForHelp:
+    """The model, whose `encode_batch` after the first waits until an encoder has started on
+    another node than `node` (or `GROWTH_WAIT_S` passed)."""
+
+    def __init__(self, model, marks: Path, node: str) -> None:
+        self.model, self.marks, self.node, self.batches = model, marks, node, 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+    def encode_batch(self, frames, stamps):
+        self.batches += 1
+        deadline = time.monotonic() + GROWTH_WAIT_S
+        while self.batches > 1 and time.monotonic() < deadline and not self.helped():
+            time.sleep(0.2)
+        return self.model.encode_batch(frames, stamps)
+
+    def helped(self) -> bool:
+        others = {f"encoder-{self.node}", "first"}
+        return any(p.name not in others for p in self.marks.iterdir())
 
 
 def alive_nodes() -> list[str]:
@@ -170,7 +206,9 @@ def main(work: Path) -> dict:
     return {
         "before": before,
         "settled": settled,
-        "encoder_nodes": sorted(p.name.removeprefix("encoder-") for p in marks.iterdir()),
+        "encoder_nodes": sorted(
+            p.name.removeprefix("encoder-") for p in marks.iterdir() if p.name != "first"
+        ),
         "indexed": summary.indexed,
         "failed": summary.failed,
         "videos": VIDEOS,

@@ -10,13 +10,6 @@ custom resource `encoder` (1), which stands in for a GPU: the encode pool asks f
 actors can only run there, one per node. Prints one JSON object: the job's summaries, the nodes
 that ran decode tasks and encode actors, and what the catalog holds afterwards.
 
-Then the elastic pool (`workers="1:3"`) on a cluster shrunk to one encoder node: two nodes are
-added once the first batch is written (as an autoscaler adds GPU nodes to a busy cluster), and
-the pool must grow onto them. The first node's encoder waits after its first batch until an
-encoder runs on another node (at most `GROWTH_WAIT_S`), so the job cannot end before the pool
-had the chance to grow, whatever the machine's speed; if it never grows, the wait runs out and
-the test sees encoders on one node only.
-
 Not Ray's fake multi-node autoscaler (`ray.cluster_utils.AutoscalingCluster`, for a scale-from-
 zero test): its start() and shutdown() run `ray stop --force`, which kills every Ray process on
 the machine (the test session's and any other user's), and it starts its head with `ray start
@@ -28,7 +21,6 @@ from __future__ import annotations
 import functools
 import json
 import sys
-import time
 from pathlib import Path
 
 import ray
@@ -43,7 +35,6 @@ from tokenreel.sample_videos import make_sample_videos
 
 MODEL = "tiny-llava-ov"
 VIDEOS = 12
-GROWTH_WAIT_S = 180.0
 
 
 def load_recording_node(directory: str, device: str = "cpu"):
@@ -51,68 +42,6 @@ def load_recording_node(directory: str, device: str = "cpu"):
     node = ray.get_runtime_context().get_node_id()
     Path(directory, f"encoder-{node}").touch()
     return load_video_llm(MODEL, device=device)
-
-
-def load_waiting_for_growth(directory: str, first_node: str, device: str = "cpu"):
-    """`load_recording_node`; on `first_node`, an encoder that waits for help (see above)."""
-    model = load_recording_node(directory, device)
-    if ray.get_runtime_context().get_node_id() != first_node:
-        return model
-    return WaitsForHelp(model, Path(directory), first_node)
-
-
-class WaitsForHelp:
-    """The model, whose `encode_batch` after the first waits until an encoder has started on
-    another node than `first_node` (or `GROWTH_WAIT_S` passed)."""
-
-    def __init__(self, model, marks: Path, first_node: str) -> None:
-        self.model, self.marks, self.first_node, self.batches = model, marks, first_node, 0
-
-    def __getattr__(self, name: str):
-        return getattr(self.model, name)
-
-    def encode_batch(self, frames, stamps):
-        self.batches += 1
-        deadline = time.monotonic() + GROWTH_WAIT_S
-        while self.batches > 1 and time.monotonic() < deadline and not self.helped():
-            time.sleep(0.2)
-        return self.model.encode_batch(frames, stamps)
-
-    def helped(self) -> bool:
-        return any(p.name != f"encoder-{self.first_node}" for p in self.marks.iterdir())
-
-
-def grow(cluster: Cluster, work: Path, videos: list[Path], worker: dict) -> dict:
-    """The elastic pool on one encoder node, two more added mid-job (see the docstring)."""
-    for node in list(cluster.worker_nodes)[1:]:
-        cluster.remove_node(node)
-    [first] = [node.node_id for node in cluster.worker_nodes]
-    marks = work / "growth-marks"
-    marks.mkdir()
-    loader = ModelLoader(
-        MODEL,
-        functools.partial(load_waiting_for_growth, str(marks), first),
-        model_frame_size(MODEL),
-    )
-    added: list[str] = []
-
-    def add_nodes_once(done: int, todo: int) -> None:
-        if not added:
-            added.extend(cluster.add_node(**worker).node_id for _ in range(2))
-
-    summary = index_videos(
-        [str(v) for v in videos], store_url=str(work / "growth-store"),
-        catalog_url=f"sqlite:///{work}/growth.sqlite", model=loader,
-        config=CompressionConfig(retention_ratio=0.1), frames=4, batch_size=2, workers="1:3",
-        worker_resources={"encoder": 1}, progress=False, on_progress=add_nodes_once,
-    )  # fmt: skip
-    return {
-        "first_node": first,
-        "added_nodes": added,
-        "encoder_nodes": sorted(p.name.removeprefix("encoder-") for p in marks.iterdir()),
-        "indexed": summary.indexed,
-        "failed": summary.failed,
-    }
 
 
 def main(work: Path) -> dict:
@@ -165,11 +94,9 @@ def main(work: Path) -> dict:
     loads = {
         r.video_id: open_store(store_url, catalog_url).load(r.video_id).source_uri for r in indexed
     }
-    growth = grow(cluster, work, videos, worker)
     ray.shutdown()
     cluster.shutdown()
     return {
-        "growth": growth,
         "first": first,
         "rerun": rerun,
         "killed": killed,

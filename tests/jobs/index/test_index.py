@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import os
 import signal
 import subprocess
@@ -31,6 +32,7 @@ from tokenreel.sample_videos import make_sample_videos
 
 FRAMES = 4
 CONFIG = CompressionConfig(retention_ratio=0.1)
+HEARTBEAT_S = 0.5  # a killed driver's run reads as ended 2 s after its last heartbeat
 # The key of a token set includes how the video was sampled (frames, the model's frame size).
 KEY_HASH = dataclasses.replace(
     CONFIG, frames=FRAMES, frame_size=model_frame_size("tiny-llava-ov")
@@ -124,7 +126,7 @@ def test_index_corpus_with_bad_videos_a_killed_worker_and_reruns(
     check_indexed_exactly_once(store_url, catalog_url, good)
 
 
-def test_killed_driver_rerun_finishes_without_duplicates(
+def test_killed_driver_reads_interrupted_and_a_rerun_finishes_without_duplicates(
     ray_session: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import ray
@@ -141,7 +143,16 @@ def test_killed_driver_rerun_finishes_without_duplicates(
     ]  # fmt: skip
     address = ray.get_runtime_context().gcs_address
     driver = subprocess.Popen(
-        [sys.executable, "-m", "tokenreel", *arguments, "--ray-address", address],
+        [
+            sys.executable,
+            "-m",
+            "tokenreel",
+            *arguments,
+            "--ray-address",
+            address,
+            "--heartbeat-seconds",
+            str(HEARTBEAT_S),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -159,6 +170,18 @@ def test_killed_driver_rerun_finishes_without_duplicates(
         driver.wait()
     (killed_run,) = catalog.list_runs()
     assert killed_run.finished_at is None  # it never got to record its end
+    assert killed_run.heartbeat_at is not None
+    # Once its heartbeat is a few intervals old, its videos no longer read "being indexed" (they
+    # used to stay pending forever): interrupted, in the catalog and in `tokenreel runs`.
+    deadline = time.monotonic() + 150  # a hung test's bound, not a timing claim
+    while catalog.count_videos("pending"):
+        assert time.monotonic() < deadline, "the killed run never read as ended"
+        time.sleep(0.05)
+    assert catalog.count_videos("interrupted") + catalog.count_videos("indexed") == len(videos)
+    capsys.readouterr()
+    assert main(["runs", "--store", store_url, "--catalog", catalog_url, "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)["runs"]
+    assert row["state"] == "interrupted" and row["finished_at"] is None
 
     assert main(arguments) == 0
     assert "indexed" in capsys.readouterr().out

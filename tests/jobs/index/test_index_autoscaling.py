@@ -1,6 +1,7 @@
 """The indexing job on Ray's fake multi-node autoscaler (see autoscaling_job.py): the encode
-node group scales from zero when the job's elastic pool asks for its resource, and back down
-once the job is done."""
+node group scales from zero when the job's elastic pool asks for its resource, the pool grows
+onto a second node the autoscaler adds while batches queue, and the group scales back down once
+the job is done."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def test_the_encode_group_scales_from_zero_and_back(tmp_path: Path) -> None:
+def test_the_encode_group_scales_from_zero_the_pool_grows_and_both_shrink(tmp_path: Path) -> None:
     # A private, short Ray temp dir (Unix socket paths stay under 108 bytes; no other Ray finds
     # this cluster, and its processes are told apart by it); no token auth on either side.
     ray_tmp = tempfile.mkdtemp(prefix="tras", dir="/tmp")
@@ -46,7 +47,9 @@ def test_the_encode_group_scales_from_zero_and_back(tmp_path: Path) -> None:
 
     assert len(result["before"]) == 1  # the head only: no encoder node before the job
     assert (result["indexed"], result["failed"]) == (result["videos"], 0)
-    # The encoders ran on nodes the autoscaler added for them, none of which existed before.
-    assert result["encoder_nodes"] and not set(result["encoder_nodes"]) & set(result["before"])
+    # The encoders ran on nodes the autoscaler added for them, none of which existed before,
+    # and the pool grew from one actor to two, on two nodes.
+    assert len(result["encoder_nodes"]) == 2, result
+    assert not set(result["encoder_nodes"]) & set(result["before"])
     # Idle encoder nodes were removed again: back to the head alone.
     assert result["settled"] == result["before"]

@@ -1,7 +1,8 @@
 """A driver killed outright (SIGKILL: no handler runs, no end is recorded) leaves its videos
 `pending`; they used to read "still being indexed" forever. With the run's heartbeat they read
 `interrupted` once it goes stale (`tokenreel videos`, `tokenreel runs`, the catalog), and a rerun
-indexes them. Both driver paths: the Ray pipeline and the chunked one (`--chunk-seconds`)."""
+indexes them: the chunked path (`--chunk-seconds`) here; the Ray pipeline's driver in
+test_index.py (`test_killed_driver_reads_interrupted_and_a_rerun_finishes_without_duplicates`)."""
 
 from __future__ import annotations
 
@@ -16,26 +17,12 @@ import pytest
 
 from storage import Catalog, VideoStatus, open_store
 from tokenreel.cli import main
-from tokenreel.sample_videos import make_sample_videos, write_long_video
+from tokenreel.sample_videos import write_long_video
 
 pytestmark = pytest.mark.slow
 
 HEARTBEAT_S = 0.5
-PATHS = {
-    "ray": ("--frames", "4", "--batch-size", "1"),
-    "chunked": ("--frames", "2", "--chunk-seconds", "10", "--model", "tiny-llava-ov"),
-}
-
-
-def _corpus(path: str, tmp_path: Path) -> Path:
-    corpus = tmp_path / "corpus"
-    if path == "ray":
-        make_sample_videos(corpus, 6, frames=12, width=64, height=48, seed=5)
-    else:
-        corpus.mkdir()
-        for i in range(6):
-            write_long_video(corpus / f"v{i}.mp4", 60, fps=1, size=64, seed=i)
-    return corpus
+CHUNKED = ("--frames", "2", "--chunk-seconds", "10", "--model", "tiny-llava-ov")
 
 
 def _wait_for(condition: object, what: str, timeout_s: float = 150.0) -> None:
@@ -46,21 +33,17 @@ def _wait_for(condition: object, what: str, timeout_s: float = 150.0) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("path", sorted(PATHS))
-def test_a_sigkilled_drivers_videos_read_interrupted_and_a_rerun_indexes_them(
-    path: str, tmp_path: Path, capfd: pytest.CaptureFixture, request: pytest.FixtureRequest
+def test_a_sigkilled_chunked_drivers_videos_read_interrupted_and_a_rerun_indexes_them(
+    tmp_path: Path, capfd: pytest.CaptureFixture
 ) -> None:
     store_args = ["--store", str(tmp_path / "store"), "--catalog", f"sqlite:///{tmp_path}/c.sqlite"]
-    extra: tuple[str, ...] = PATHS[path]
-    if path == "ray":  # the session's Ray: no start-up per driver
-        import ray
-
-        request.getfixturevalue("ray_session")
-        extra = (*extra, "--ray-address", ray.get_runtime_context().gcs_address)
-    corpus = _corpus(path, tmp_path)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(6):
+        write_long_video(corpus / f"v{i}.mp4", 60, fps=1, size=64, seed=i)
     command = [
         sys.executable, "-m", "tokenreel", "index", str(corpus), *store_args, "--no-progress",
-        "--heartbeat-seconds", str(HEARTBEAT_S), *extra,
+        "--heartbeat-seconds", str(HEARTBEAT_S), *CHUNKED,
     ]  # fmt: skip
     driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     catalog: Catalog | None = None
