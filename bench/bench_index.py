@@ -154,7 +154,7 @@ class RoleMemorySampler:
 
     Roles: driver; encode_actor (the EncodeAndCompress actor); decode_workers and
     write_workers (the Ray workers running decode or write tasks); decoders (the
-    `python -m jobs.index.decode` children of the decode tasks); ray_system (raylet, GCS,
+    decoder child processes of the decode tasks, `jobs.index.decode`); ray_system (raylet, GCS,
     agents, Ray Data's helper actors, idle workers). A worker keeps the role of the last task it
     was seen running (between tasks its title is "ray::IDLE"; Ray may reuse a decode worker for
     writes, and it then counts as a writer). Only this driver's descendants count: other Ray

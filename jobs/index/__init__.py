@@ -10,7 +10,7 @@ run registers to do), `heartbeat` (the run's proof of life), `chunks` (long vide
 windows, `--chunk-seconds`), `follow` (live and growing sources, `--follow`), `command` (the
 `tokenreel index` command). Importing the package loads neither torch nor Ray
 nor the catalog (they load when a stage or the job needs them), so the decoder's child process
-(`python -m jobs.index.decode`) and the decode workers stay light.
+(`jobs.index.decode.serve_requests`) and the decode workers stay light.
 """
 
 from jobs.index.job import IndexJobStopped, IndexSummary, index_videos

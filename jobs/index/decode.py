@@ -329,12 +329,18 @@ class DecoderProcess:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
-        """Stop the child (it also exits by itself when this process dies: its stdin closes)."""
+        """Stop the child (it also exits by itself when this process dies: its stdin closes) and
+        close its pipes (a recycled child must not leave two open files behind)."""
         child, self._child = self._child, None
         self._served = 0
-        if child is not None and child.poll() is None:
+        if child is None:
+            return
+        if child.poll() is None:
             child.kill()
             child.wait()
+        for pipe in (child.stdin, child.stdout):
+            if pipe is not None:
+                pipe.close()
 
     @property
     def pid(self) -> int | None:
@@ -373,11 +379,15 @@ class DecoderProcess:
     def _running_child(self) -> subprocess.Popen[bytes]:
         if self._child is not None and self._child.poll() is None:
             return self._child
+        self.close()  # a dead child's pipes
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[2])  # importable even when not installed
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        # `-c` with an import, not `-m jobs.index.decode`: the package imports this module before
+        # runpy would run it as __main__, which made every child print a RuntimeWarning; and
+        # pickled classes are `jobs.index.decode.*` on both sides.
         child = subprocess.Popen(
-            [sys.executable, "-m", "jobs.index.decode"],
+            [sys.executable, "-c", _CHILD_MAIN],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -439,6 +449,9 @@ def _read_exactly(fd: int, size: int, deadline: float | None) -> bytes:
     return bytes(buffer)
 
 
+_CHILD_MAIN = "from jobs.index.decode import serve_requests; serve_requests()"
+
+
 def serve_requests() -> None:
     """The child's loop: read (path, settings), answer ("ok", DecodedVideo) or ("error", reason)."""
     # The protocol owns the real stdout; anything a library prints goes to stderr instead.
@@ -458,10 +471,3 @@ def serve_requests() -> None:
         except Exception as exc:  # any other failure is still this video's, not the child's
             answer = ("error", f"{type(exc).__name__}: {_one_line(exc)}")
         _send(out_fd, answer)
-
-
-if __name__ == "__main__":
-    # Import by the package name, so pickled classes are `jobs.index.decode.*` on both sides.
-    from jobs.index.decode import serve_requests as _serve
-
-    _serve()

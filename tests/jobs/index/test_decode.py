@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +169,27 @@ def test_decoder_process_matches_in_process_decoding_and_passes_errors(tmp_path:
         assert decoder.pid == first_child  # errors do not cost a new child
     finally:
         decoder.close()
+
+
+def test_a_decoder_child_starts_without_a_warning(tmp_path: Path) -> None:
+    """Regressions: the child ran as `python -m jobs.index.decode`, which the package had already
+    imported, and every child printed runpy's RuntimeWarning ("found in sys.modules") to stderr,
+    in every decode task's log and under --verbose; and closing a decoder left the child's two
+    pipes open (a ResourceWarning each, two file descriptors per recycled child until GC)."""
+    (path,) = make_sample_videos(tmp_path, 1)
+    script = (
+        "import sys; from jobs.index.decode import DecoderProcess, DecodeSettings; "
+        "d = DecoderProcess(); d.decode(sys.argv[1], DecodeSettings(num_frames=2)); d.close()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "default", "-c", script, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONWARNINGS": "default"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Warning" not in done.stderr, done.stderr
 
 
 def test_decoder_process_kills_an_overrunning_decode_and_recovers(tmp_path: Path) -> None:
