@@ -352,45 +352,26 @@ def index_videos_in_chunks(
             "chunked": True,
         }
     )
-    indexed = tokens_in = tokens_out = bytes_written = 0
-    failures: list[tuple[str, str]] = []
+    tally = _ChunkedTally()
+    started = time.perf_counter()
     with run_heartbeat(catalog, run_id, heartbeat_s):
         try:
             todo = register_todo(
                 catalog, listing, model_id, config_hash, run_id=run_id, retry_failed=retry_failed
             )
+            started = time.perf_counter()
             try:
                 llm = loader.load(device=device) if len(todo.videos) else None
-                started = time.perf_counter()
                 for uri, fingerprint in todo.videos.rows():
-                    try:
-                        video_set, _ = index_long_video(
-                            llm, uri, config, store, run_id, fingerprint
-                        )
-                    except (DecodeError, OSError) as exc:
-                        reason = (
-                            f"decode: {exc}" if isinstance(exc, DecodeError) else f"read: {exc}"
-                        )
-                        catalog.record_failed(uri, model_id, config_hash, reason, run_id=run_id)
-                        failures.append((uri, reason))
-                        continue
-                    indexed += 1
-                    tokens_in += video_set.original_count
-                    tokens_out += video_set.kept_count
-                    chunks = catalog.list_chunks(video_set.video_id, model_id, config_hash)
-                    video = catalog.locate(video_set.video_id, model_id, config_hash)
-                    bytes_written += sum(c.location.length for c in chunks) + (
-                        video.length if video else 0
-                    )
+                    _index_one(llm, uri, fingerprint, config, store, run_id, model_id, tally)
             finally:
                 todo.videos.close()
         except BaseException:
             # Ctrl-C, a storage error: the end is recorded, the rest reads interrupted (a
             # SIGTERM or SIGKILL ends the process at once: its heartbeat goes stale instead).
-            counts = {"indexed": indexed, "failed": len(failures), "interrupted": 1}
-            catalog.finish_run(run_id, counts)
+            catalog.finish_run(run_id, {**tally.counts(), "interrupted": 1})
             raise
-        catalog.finish_run(run_id, {"indexed": indexed, "failed": len(failures)})
+        catalog.finish_run(run_id, tally.counts())
     return ChunkedRun(
         run_id=run_id,
         store_url=store.store_url,
@@ -400,10 +381,52 @@ def index_videos_in_chunks(
         total=todo.listed,
         skipped=todo.listed - len(todo.videos),
         skipped_failed=todo.skipped_failed,
-        indexed=indexed,
-        tokens_in=tokens_in,
-        tokens_out=tokens_out,
-        bytes_written=bytes_written,
+        indexed=tally.indexed,
+        tokens_in=tally.tokens_in,
+        tokens_out=tally.tokens_out,
+        bytes_written=tally.bytes_written,
         elapsed_s=time.perf_counter() - started,
-        failures=failures,
+        failures=tally.failures,
     )
+
+
+@dataclass
+class _ChunkedTally:
+    """What a chunked run has done so far (also what it records if it is stopped)."""
+
+    indexed: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    bytes_written: int = 0
+    failures: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return {"indexed": self.indexed, "failed": len(self.failures)}
+
+
+def _index_one(
+    llm: VideoLLM,
+    uri: str,
+    fingerprint: str | None,
+    config: CompressionConfig,
+    store: Store,
+    run_id: str,
+    model_id: str,
+    tally: _ChunkedTally,
+) -> None:
+    """Index one listed video in windows into `store`, counting it into `tally`; a video that
+    cannot be decoded or read is recorded failed with its reason."""
+    catalog, config_hash = store.catalog, config.stable_hash()
+    try:
+        video_set, _ = index_long_video(llm, uri, config, store, run_id, fingerprint)
+    except (DecodeError, OSError) as exc:
+        reason = f"decode: {exc}" if isinstance(exc, DecodeError) else f"read: {exc}"
+        catalog.record_failed(uri, model_id, config_hash, reason, run_id=run_id)
+        tally.failures.append((uri, reason))
+        return
+    tally.indexed += 1
+    tally.tokens_in += video_set.original_count
+    tally.tokens_out += video_set.kept_count
+    chunks = catalog.list_chunks(video_set.video_id, model_id, config_hash)
+    video = catalog.locate(video_set.video_id, model_id, config_hash)
+    tally.bytes_written += sum(c.location.length for c in chunks) + (video.length if video else 0)
