@@ -367,8 +367,7 @@ class Catalog:
         UTC clock) and will say so again within `interval_s` seconds; without a newer heartbeat
         the run reads as ended `HEARTBEAT_STALE_INTERVALS` intervals later (module docstring).
         A finished run is left as it is."""
-        if not isinstance(interval_s, (int, float)) or not 0 < interval_s < float("inf"):
-            raise ValueError(f"a heartbeat interval is a positive number, got {interval_s!r}")
+        interval_s = check_heartbeat_interval(interval_s)
         at = _now() if at is None else at
         if at.tzinfo is None:
             raise ValueError("a heartbeat time must be timezone-aware")
@@ -379,7 +378,7 @@ class Catalog:
                 .where(indexing_runs.c.finished_at.is_(None))
                 .values(
                     heartbeat_at=at,
-                    heartbeat_s=float(interval_s),
+                    heartbeat_s=interval_s,
                     stale_after=at + timedelta(seconds=HEARTBEAT_STALE_INTERVALS * interval_s),
                 )
             )
@@ -1232,6 +1231,16 @@ def _check_key(model_id: str, config_hash: str) -> None:
         raise ValueError(
             f"config_hash must be a non-empty string of <= 64 characters, got {config_hash!r}"
         )
+
+
+def check_heartbeat_interval(heartbeat_s: object) -> float:
+    """`heartbeat_s` as seconds when it is a usable interval (a positive, finite number, not a
+    bool); else ValueError (the driver checks it before it records a run)."""
+    if isinstance(heartbeat_s, bool) or not isinstance(heartbeat_s, (int, float)):
+        raise ValueError(f"heartbeat_s must be a number of seconds, got {heartbeat_s!r}")
+    if not 0 < heartbeat_s < float("inf"):
+        raise ValueError(f"heartbeat_s must be positive and finite, got {heartbeat_s!r}")
+    return float(heartbeat_s)
 
 
 def _check_page(limit: int, offset: int) -> None:

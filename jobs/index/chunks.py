@@ -46,7 +46,7 @@ import av
 import numpy as np
 
 from jobs.index.decode import DecodeError, DecodeSettings, sample_frame_indices, scaled_size
-from jobs.index.heartbeat import DEFAULT_HEARTBEAT_S, check_heartbeat_interval, run_heartbeat
+from jobs.index.heartbeat import DEFAULT_HEARTBEAT_S, run_heartbeat
 from jobs.index.planning import register_todo
 from jobs.index.sources import iter_sources, local_copy, source_label
 from jobs.index.video import sample_video
@@ -336,6 +336,7 @@ def index_videos_in_chunks(
     `heartbeat_s` seconds (`jobs.index.heartbeat`) and records its end however it stops, so its
     videos never stay `pending` after it."""
     from storage import open_store
+    from storage.catalog import check_heartbeat_interval
 
     check_heartbeat_interval(heartbeat_s)
     if config.frame_size is None:

@@ -28,16 +28,6 @@ DEFAULT_HEARTBEAT_S = 30.0
 logger = logging.getLogger("tokenreel.index")
 
 
-def check_heartbeat_interval(heartbeat_s: float) -> float:
-    """`heartbeat_s` when it is a usable interval (a positive, finite number of seconds); else
-    ValueError, raised before a run records anything."""
-    if isinstance(heartbeat_s, bool) or not isinstance(heartbeat_s, (int, float)):
-        raise ValueError(f"heartbeat_s must be a number of seconds, got {heartbeat_s!r}")
-    if not 0 < heartbeat_s < float("inf"):
-        raise ValueError(f"heartbeat_s must be positive and finite, got {heartbeat_s!r}")
-    return float(heartbeat_s)
-
-
 @contextmanager
 def run_heartbeat(catalog: Catalog, run_id: str, heartbeat_s: float) -> Iterator[None]:
     """Heartbeat run `run_id` every `heartbeat_s` seconds while the block runs: once now (which

@@ -64,7 +64,7 @@ import numpy as np
 
 from jobs.index.cluster import ray_connection, ray_init_arguments
 from jobs.index.decode import VERBOSE_ENV, DecodeSettings
-from jobs.index.heartbeat import DEFAULT_HEARTBEAT_S, check_heartbeat_interval, run_heartbeat
+from jobs.index.heartbeat import DEFAULT_HEARTBEAT_S, run_heartbeat
 from jobs.index.planning import TodoFile, chunked, register_todo
 from jobs.index.resources import DEFAULT_DECODE_THREADS, Pool, Resources, check_fits, cluster_nodes
 from jobs.index.sources import iter_sources, source_label
@@ -256,6 +256,8 @@ def index_videos(
         return _index_in_chunks(source, store_url, catalog_url, model, config, frames, frame_size,
                                 chunk_seconds, fps, retry_failed, gpus_per_worker,
                                 heartbeat_s)  # fmt: skip
+    from storage.catalog import check_heartbeat_interval  # SQLAlchemy: not at import time
+
     check_heartbeat_interval(heartbeat_s)
     resources = Resources(
         workers=Pool.of(workers, "workers"),

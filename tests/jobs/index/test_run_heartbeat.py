@@ -7,7 +7,8 @@ import threading
 
 import pytest
 
-from jobs.index.heartbeat import check_heartbeat_interval, run_heartbeat
+from jobs.index.heartbeat import run_heartbeat
+from storage.catalog import check_heartbeat_interval
 
 
 class _Catalog:
