@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
@@ -131,6 +132,9 @@ def test_the_library_lists_indexed_and_failed_videos(page, store: ConsoleStore) 
 
 def _canvas_pixels(page, selector: str) -> tuple[np.ndarray, dict]:
     canvas = page.locator(selector)
+    # The figure is drawn once its window of frames has arrived, which can be after the page
+    # says it is ready: wait for the drawing (its layout attribute), then read it.
+    sync_api.expect(canvas).to_have_attribute("data-layout", re.compile(r"^\{"))
     layout = json.loads(canvas.get_attribute("data-layout"))
     image = Image.open(BytesIO(canvas.screenshot())).convert("RGB")
     return np.asarray(image), layout
